@@ -1,0 +1,47 @@
+# visionpipe developer commands. `make demo` and `make test` set everything up on first use.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup up down demo test test-fast bench lint clean
+
+# The venv is rebuilt when any requirements file changes.
+$(STAMP): requirements.txt requirements-dev.txt training_job/requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+node_modules/.bin/azurite: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+local.settings.json: local.settings.json.template
+	$(PY) -m visionpipe.local.stack init
+
+setup: $(STAMP) node_modules/.bin/azurite local.settings.json  ## venv, Azurite, local settings
+
+up: setup  ## start the local stack in the background; returns once /health answers
+	$(PY) -m visionpipe.local.stack up
+
+down:  ## stop the local stack
+	@test -x $(PY) && $(PY) -m visionpipe.local.stack down || true
+
+demo: up  ## drop a generated sample set and show what the pipeline made of it
+	$(PY) -m visionpipe.local.demo
+
+test: setup  ## the whole suite; starts and stops its own Azurite
+	$(PY) -m pytest
+
+bench: setup  ## benchmarks; each prints a JSON line last
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean: down
+	rm -rf .local

@@ -1,0 +1,1 @@
+"""Trigger modules: each adapts one binding to one library call (one Blueprint per module)."""

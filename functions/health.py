@@ -1,0 +1,24 @@
+"""``GET /health``: 200 when the app can reach its storage account, 503 otherwise."""
+
+import json
+import logging
+
+import azure.functions as func
+
+from visionpipe import names
+from visionpipe.storage import get_storage
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.function_name(names.HEALTH_FUNCTION)
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        get_storage().ping()
+    except Exception as e:  # any failure to reach storage means "not healthy"
+        log.warning("health check failed: %s", e)
+        body = {"status": "unhealthy", "storage": type(e).__name__}
+        return func.HttpResponse(json.dumps(body), status_code=503, mimetype="application/json")
+    return func.HttpResponse(json.dumps({"status": "ok"}), mimetype="application/json")

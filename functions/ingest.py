@@ -1,0 +1,36 @@
+"""Event Grid trigger for the training drop folder (``training-images``)."""
+
+import logging
+
+import azure.functions as func
+
+from visionpipe import names
+from visionpipe.events import EventRefused, parse_blob_created
+from visionpipe.settings import get_settings
+from visionpipe.storage import get_storage
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.function_name(names.INGEST_FUNCTION)
+@bp.event_grid_trigger(arg_name="event")
+def ingest_training_image(event: func.EventGridEvent) -> None:
+    # Imported on first use: the storage SDK and Pillow would otherwise weigh on every cold start
+    # of the app, including instances that only serve HTTP.
+    from visionpipe.ingest import ingest_training_blob
+
+    try:
+        blob = parse_blob_created(
+            event_id=event.id,
+            event_type=event.event_type,
+            subject=event.subject,
+            data=event.get_json() or {},
+            container=names.TRAINING_IMAGES,
+        )
+    except EventRefused as e:
+        # Retrying cannot help: acknowledge, but say so loudly.
+        log.error("refused: %s", e)
+        return
+    result = ingest_training_blob(blob, get_storage(), get_settings())
+    log.info("ingest %s/%s -> %s", result.container, result.path, result.outcome)

@@ -1,0 +1,108 @@
+"""Shared fixtures: one real Azurite per test session (adlfs-style), fresh names per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from visionpipe import names
+from visionpipe.label_store import LabelStore
+from visionpipe.local.azurite import Azurite, free_port, start_azurite
+from visionpipe.registry import Registry
+from visionpipe.settings import reset_settings
+from visionpipe.storage import Storage, get_storage
+
+TEST_TRAINING_KEY = "test-training-key"
+TEST_PREDICTION_KEY = "test-prediction-key"
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """A real Azurite, started once for the session, on free ports, state in memory."""
+    location = tmp_path_factory.mktemp("azurite")
+    instance = start_azurite(location, free_port(), free_port(), free_port(), in_memory=True,
+                             log_file=location / "azurite.log")
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="session")
+def storage(azurite: Azurite) -> Iterator[Storage]:
+    """The process's storage, pointed at the session's Azurite, with every resource created.
+
+    The environment is set the way the Functions host sets it from app settings, so code that
+    reads settings (``get_settings()``) sees the test Azurite and the test keys.
+    """
+    saved = dict(os.environ)
+    os.environ[names.STORAGE_CONNECTION] = azurite.connection_string
+    os.environ[names.SETTING_TRAINING_KEY] = TEST_TRAINING_KEY
+    os.environ[names.SETTING_PREDICTION_KEY] = TEST_PREDICTION_KEY
+    os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112
+    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = names.TRAINING_REQUESTS
+    os.environ[names.SETTING_TRAINING_EVENTS_QUEUE] = names.TRAINING_EVENTS
+    reset_settings()
+    instance = get_storage()
+    instance.ensure_resources()
+    yield instance
+    os.environ.clear()
+    os.environ.update(saved)
+    reset_settings()
+
+
+@pytest.fixture
+def label_store(storage: Storage) -> LabelStore:
+    return LabelStore(storage)
+
+
+@pytest.fixture
+def registry(storage: Storage) -> Registry:
+    return Registry(storage)
+
+
+@pytest.fixture
+def project_name() -> str:
+    """A project name no other test uses (tests share one Azurite)."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def function_app_module(storage: Storage) -> object:
+    """``function_app``, imported once after the environment points at the test Azurite."""
+    import function_app
+
+    return function_app
+
+
+@pytest.fixture(scope="module")
+def local_host(function_app_module: object) -> Iterator[str]:
+    """The local Functions host serving ``function_app.app`` over real HTTP; yields its base URL.
+
+    Module-scoped so its queue listeners only run while the tests that want them do.
+    """
+    from visionpipe.local.host import start_host
+
+    running = start_host(function_app_module.app, port=free_port())  # type: ignore[attr-defined]
+    yield running.url
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def bridge(storage: Storage, local_host: str, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[object]:
+    """The Event Grid bridge watching the drop containers and posting to ``local_host``."""
+    from visionpipe.local.bridge import EventGridBridge
+
+    state = tmp_path_factory.mktemp("bridge") / "state.json"
+    # Blobs left by earlier test modules were delivered by their own bridge: start from here.
+    delivered = {
+        container: {b.name: b.etag for b in storage.container(container).list_blobs()}
+        for container in names.EVENT_SUBSCRIPTIONS
+    }
+    state.write_text(json.dumps({"delivered": delivered}))
+    instance = EventGridBridge(storage, local_host, state, poll_interval=0.1).start()
+    yield instance
+    instance.stop()

@@ -1,0 +1,93 @@
+"""The iteration manifest (DESIGN §5): everything needed to serve a model without training code.
+
+Written by the training job to ``models/{projectId}/{iterationId}/manifest.json``; read by serving.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from visionpipe.preprocessing import PreprocessingSpec
+
+SCHEMA_VERSION = 1
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+METRICS_FILE = "metrics.json"
+PR_CURVE_FILE = "pr_curve.png"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+
+
+@dataclass(frozen=True)
+class TagOutput:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    project_id: str
+    iteration_id: str
+    classification_type: str  # Multiclass (softmax) | Multilabel (sigmoid)
+    tags: tuple[TagOutput, ...]  # in the model's output order
+    preprocessing: PreprocessingSpec
+    backbone: str
+    pretrained: bool  # False: trained from a random init (no weights were available)
+    onnx_opset: int
+    model_sha256: str
+    output_name: str = "probabilities"  # the graph ends in softmax/sigmoid
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schemaVersion": self.schema_version,
+            "projectId": self.project_id,
+            "iterationId": self.iteration_id,
+            "classificationType": self.classification_type,
+            "tags": [{"id": t.id, "name": t.name} for t in self.tags],
+            "preprocessing": self.preprocessing.to_dict(),
+            "backbone": self.backbone,
+            "pretrained": self.pretrained,
+            "onnx": {
+                "file": MODEL_FILE,
+                "opset": self.onnx_opset,
+                "sha256": self.model_sha256,
+                "inputName": self.preprocessing.input_name,
+                "outputName": self.output_name,
+            },
+            "metrics": self.metrics,
+            "timings": self.timings,
+            "created": self.created,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if int(d.get("schemaVersion", 0)) != SCHEMA_VERSION:
+            raise ValueError(f"unsupported manifest schema version {d.get('schemaVersion')!r}")
+        onnx = d["onnx"]
+        return cls(
+            project_id=d["projectId"],
+            iteration_id=d["iterationId"],
+            classification_type=d["classificationType"],
+            tags=tuple(TagOutput(t["id"], t["name"]) for t in d["tags"]),
+            preprocessing=PreprocessingSpec.from_dict(d["preprocessing"]),
+            backbone=d["backbone"],
+            pretrained=bool(d["pretrained"]),
+            onnx_opset=int(onnx["opset"]),
+            model_sha256=onnx["sha256"],
+            output_name=onnx.get("outputName", "probabilities"),
+            metrics=d.get("metrics", {}),
+            timings=d.get("timings", {}),
+            created=d.get("created", ""),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,100 @@
+"""Names that are a contract with the infrastructure (DESIGN.md §2, §8).
+
+Containers, queues, tables, function names and setting names are written here once. The Bicep in
+``infra/`` and the tests read them from here, so a rename that misses one side fails a test.
+"""
+
+from __future__ import annotations
+
+# Blob containers (DESIGN §2)
+TRAINING_IMAGES = "training-images"
+PREDICT_IMAGES = "predict-images"
+PREDICTIONS = "predictions"
+QUARANTINE = "quarantine"
+MODELS = "models"
+DATASETS = "datasets"
+DEADLETTER = "deadletter"
+CONTAINERS: tuple[str, ...] = (
+    TRAINING_IMAGES,
+    PREDICT_IMAGES,
+    PREDICTIONS,
+    QUARANTINE,
+    MODELS,
+    DATASETS,
+    DEADLETTER,
+)
+DROP_CONTAINERS: tuple[str, ...] = (TRAINING_IMAGES, PREDICT_IMAGES)
+
+# Queues (DESIGN §2); the runtime adds "-poison" to a queue whose messages keep failing.
+TRAINING_REQUESTS = "training-requests"
+TRAINING_EVENTS = "training-events"
+POISON_SUFFIX = "-poison"
+QUEUES: tuple[str, ...] = (
+    TRAINING_REQUESTS,
+    TRAINING_REQUESTS + POISON_SUFFIX,
+    TRAINING_EVENTS,
+    TRAINING_EVENTS + POISON_SUFFIX,
+)
+
+# Tables (DESIGN §2)
+PROJECTS_TABLE = "projects"
+TAGS_TABLE = "tags"
+IMAGES_TABLE = "images"
+ITERATIONS_TABLE = "iterations"
+PREDICTIONS_TABLE = "predictions"
+TABLES: tuple[str, ...] = (
+    PROJECTS_TABLE,
+    TAGS_TABLE,
+    IMAGES_TABLE,
+    ITERATIONS_TABLE,
+    PREDICTIONS_TABLE,
+)
+
+# Function names: Event Grid subscriptions point at these (AzureFunction endpoint / webhook
+# `functionName=`), so they are part of the infra contract too.
+INGEST_FUNCTION = "ingest_training_image"
+PREDICT_FUNCTION = "predict_image"
+TRAINING_EVENTS_FUNCTION = "on_training_event"
+HEALTH_FUNCTION = "health"
+
+# Which function receives BlobCreated events of which drop container. The Event Grid bridge and the
+# Bicep event subscriptions are both built from this map.
+EVENT_SUBSCRIPTIONS: dict[str, str] = {
+    TRAINING_IMAGES: INGEST_FUNCTION,
+    PREDICT_IMAGES: PREDICT_FUNCTION,
+}
+
+# Event Grid: the only event type and the only `data.api` values that mean "a whole blob arrived".
+BLOB_CREATED = "Microsoft.Storage.BlobCreated"
+BLOB_CREATED_APIS: tuple[str, ...] = ("PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose")
+
+# App settings (Function app settings in Azure, `local.settings.json` locally).
+# The storage connection: a connection string (Azurite), or identity-based in Azure via
+# `VISIONPIPE_STORAGE__accountName` (+ `__credential`, `__clientId`). Triggers bind to it by name.
+STORAGE_CONNECTION = "VISIONPIPE_STORAGE"
+SETTING_TRAINING_KEY = "TRAINING_KEY"
+SETTING_PREDICTION_KEY = "PREDICTION_KEY"
+SETTING_KEY_VAULT_URI = "KEY_VAULT_URI"
+SETTING_AUTO_CREATE_PROJECTS = "AUTO_CREATE_PROJECTS"
+SETTING_UPSCALE_SMALL_IMAGES = "UPSCALE_SMALL_IMAGES"
+SETTING_MAX_TRAINING_IMAGE_BYTES = "MAX_TRAINING_IMAGE_BYTES"
+SETTING_MAX_PREDICTION_IMAGE_BYTES = "MAX_PREDICTION_IMAGE_BYTES"
+SETTING_MIN_IMAGE_SIDE = "MIN_IMAGE_SIDE"
+SETTING_MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
+# Binding-expression names of the queues, so the Bicep can point a trigger elsewhere without code.
+SETTING_TRAINING_REQUESTS_QUEUE = "TRAINING_REQUESTS_QUEUE"
+SETTING_TRAINING_EVENTS_QUEUE = "TRAINING_EVENTS_QUEUE"
+
+# The training job's container command (training_job/Dockerfile ENTRYPOINT + Container Apps Job).
+TRAINING_JOB_MODULE = "training_job"
+
+APP_SETTINGS: tuple[str, ...] = (
+    SETTING_TRAINING_KEY,
+    SETTING_PREDICTION_KEY,
+    SETTING_AUTO_CREATE_PROJECTS,
+    SETTING_UPSCALE_SMALL_IMAGES,
+    SETTING_MAX_TRAINING_IMAGE_BYTES,
+    SETTING_MAX_PREDICTION_IMAGE_BYTES,
+    SETTING_MIN_IMAGE_SIDE,
+    SETTING_MAX_IMAGE_PIXELS,
+)

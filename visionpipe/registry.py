@@ -1,0 +1,326 @@
+"""Trained iterations: rows in the ``iterations`` table, artifacts under ``models/``, and the
+published pointer.
+
+- ``iterations``: PartitionKey = project id, RowKey = iteration id. Status moves
+  Training -> Completed | Failed; progress and metrics are JSON columns a client can poll.
+- ``models/{projectId}/{iterationId}/``: model.onnx, manifest.json, metrics.json, plots.
+- ``models/{projectId}/published.json``: the published pointer, one small blob per project whose
+  ETag tells serving cheaply whether anything changed. Custom Vision lets several iterations be
+  published under different names; the drop folder uses the most recently published one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import UpdateMode
+from azure.storage.blob import ContentSettings
+
+from visionpipe import names
+from visionpipe.manifest import MANIFEST_FILE, Manifest
+from visionpipe.storage import Storage
+
+PUBLISHED_FILE = "published.json"
+_JSON_COLUMNS = ("selectedTags", "progress", "metrics")
+
+
+class IterationStatus(StrEnum):
+    TRAINING = "Training"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Iteration:
+    project_id: str
+    id: str
+    name: str
+    status: IterationStatus
+    created: datetime
+    last_modified: datetime
+    training_type: str = "Regular"
+    reserved_budget_in_hours: int = 0
+    selected_tags: tuple[str, ...] = ()
+    classification_type: str = "Multiclass"
+    trained_at: datetime | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failure_reason: str = ""
+    backbone: str = ""
+
+    @classmethod
+    def from_entity(cls, e: dict[str, Any]) -> Iteration:
+        return cls(
+            project_id=e["PartitionKey"],
+            id=e["RowKey"],
+            name=e.get("name", ""),
+            status=IterationStatus(e["status"]),
+            created=e["created"],
+            last_modified=e.get("lastModified", e["created"]),
+            training_type=e.get("trainingType", "Regular"),
+            reserved_budget_in_hours=int(e.get("reservedBudgetInHours", 0)),
+            selected_tags=tuple(json.loads(e.get("selectedTags") or "[]")),
+            classification_type=e.get("classificationType", "Multiclass"),
+            trained_at=e.get("trainedAt"),
+            progress=json.loads(e.get("progress") or "{}"),
+            metrics=json.loads(e.get("metrics") or "{}"),
+            failure_reason=e.get("failureReason", ""),
+            backbone=e.get("backbone", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Publication:
+    iteration_id: str
+    publish_name: str
+    prediction_resource_id: str
+    published_at: str
+
+
+@dataclass(frozen=True)
+class Publications:
+    """The parsed published pointer of one project, with the ETag it was read at."""
+
+    by_name: dict[str, Publication]
+    etag: str | None
+
+    @property
+    def latest(self) -> Publication | None:
+        """The most recently published iteration (what the drop folder predicts with)."""
+        if not self.by_name:
+            return None
+        return max(self.by_name.values(), key=lambda p: p.published_at)
+
+    def for_iteration(self, iteration_id: str) -> Publication | None:
+        return next((p for p in self.by_name.values() if p.iteration_id == iteration_id), None)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Registry:
+    def __init__(self, storage: Storage) -> None:
+        self._table = storage.table(names.ITERATIONS_TABLE)
+        self._models = storage.container(names.MODELS)
+
+    # --- iteration rows -----------------------------------------------------------------------
+    def create_iteration(
+        self,
+        project_id: str,
+        *,
+        iteration_id: str | None = None,
+        name: str | None = None,
+        training_type: str = "Regular",
+        reserved_budget_in_hours: int = 0,
+        selected_tags: tuple[str, ...] = (),
+        classification_type: str = "Multiclass",
+    ) -> Iteration:
+        """Create an iteration in status Training; an existing id is returned unchanged."""
+        iteration_id = iteration_id or str(uuid.uuid4())
+        existing = self.get_iteration(project_id, iteration_id)
+        if existing is not None:
+            return existing
+        now = _now()
+        entity = {
+            "PartitionKey": project_id,
+            "RowKey": iteration_id,
+            "name": name or f"Iteration {len(self.list_iterations(project_id)) + 1}",
+            "status": str(IterationStatus.TRAINING),
+            "created": now,
+            "lastModified": now,
+            "trainingType": training_type,
+            "reservedBudgetInHours": int(reserved_budget_in_hours),
+            "selectedTags": json.dumps(list(selected_tags)),
+            "classificationType": classification_type,
+        }
+        with suppress(ResourceExistsError):  # a concurrent create of the same id: theirs stands
+            self._table.create_entity(entity)
+        found = self.get_iteration(project_id, iteration_id)
+        assert found is not None
+        return found
+
+    def get_iteration(self, project_id: str, iteration_id: str) -> Iteration | None:
+        try:
+            return Iteration.from_entity(self._table.get_entity(project_id, iteration_id))
+        except ResourceNotFoundError:
+            return None
+
+    def list_iterations(self, project_id: str) -> list[Iteration]:
+        rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": project_id})
+        return sorted((Iteration.from_entity(r) for r in rows), key=lambda i: i.created)
+
+    def update_iteration(self, project_id: str, iteration_id: str, **columns: Any) -> Iteration:
+        """Merge columns into the row (dicts/lists in JSON columns are serialised)."""
+        entity: dict[str, Any] = {"PartitionKey": project_id, "RowKey": iteration_id}
+        for key, value in columns.items():
+            if key in _JSON_COLUMNS and not isinstance(value, str):
+                value = json.dumps(value)
+            if isinstance(value, StrEnum):
+                value = str(value)
+            entity[key] = value
+        entity["lastModified"] = _now()
+        try:
+            self._table.update_entity(entity, mode=UpdateMode.MERGE)
+        except ResourceNotFoundError as e:
+            raise NotFound(f"iteration {iteration_id} of project {project_id}") from e
+        found = self.get_iteration(project_id, iteration_id)
+        assert found is not None
+        return found
+
+    def delete_iteration(self, project_id: str, iteration_id: str) -> None:
+        for blob in self._models.list_blobs(name_starts_with=f"{project_id}/{iteration_id}/"):
+            self._models.delete_blob(blob.name)
+        self._table.delete_entity(project_id, iteration_id)
+
+    # --- artifacts ----------------------------------------------------------------------------
+    @staticmethod
+    def artifact_path(project_id: str, iteration_id: str, filename: str) -> str:
+        return f"{project_id}/{iteration_id}/{filename}"
+
+    def upload_artifact(
+        self, project_id: str, iteration_id: str, filename: str, data: bytes, content_type: str
+    ) -> None:
+        self._models.upload_blob(
+            self.artifact_path(project_id, iteration_id, filename),
+            data,
+            overwrite=True,
+            content_settings=ContentSettings(content_type=content_type),
+        )
+
+    def download_artifact(self, project_id: str, iteration_id: str, filename: str) -> bytes:
+        path = self.artifact_path(project_id, iteration_id, filename)
+        try:
+            return self._models.download_blob(path).readall()
+        except ResourceNotFoundError as e:
+            raise NotFound(f"models/{path}") from e
+
+    def read_manifest(self, project_id: str, iteration_id: str) -> Manifest:
+        return Manifest.from_json(self.download_artifact(project_id, iteration_id, MANIFEST_FILE))
+
+    # --- the published pointer ----------------------------------------------------------------
+    def _pointer(self, project_id: str) -> str:
+        return f"{project_id}/{PUBLISHED_FILE}"
+
+    def publications(
+        self, project_id: str, if_none_match: str | None = None
+    ) -> Publications | None:
+        """Read the pointer; with ``if_none_match`` return None when it has not changed."""
+        blob = self._models.get_blob_client(self._pointer(project_id))
+        try:
+            if if_none_match:
+                downloader = blob.download_blob(
+                    etag=if_none_match, match_condition=MatchConditions.IfModified
+                )
+            else:
+                downloader = blob.download_blob()
+        except ResourceNotFoundError:
+            return Publications({}, None)
+        except ResourceModifiedError:  # 304 Not Modified
+            return None
+        except Exception as e:  # the SDK maps 304 to HttpResponseError on some versions
+            if getattr(e, "status_code", None) == 304:
+                return None
+            raise
+        raw = json.loads(downloader.readall() or b"{}")
+        by_name = {
+            name: Publication(
+                iteration_id=p["iterationId"],
+                publish_name=name,
+                prediction_resource_id=p.get("predictionResourceId", ""),
+                published_at=p["publishedAt"],
+            )
+            for name, p in raw.get("publications", {}).items()
+        }
+        return Publications(by_name, downloader.properties.etag)
+
+    def _write_publications(self, project_id: str, pubs: Publications) -> None:
+        body = {
+            "publications": {
+                name: {
+                    "iterationId": p.iteration_id,
+                    "predictionResourceId": p.prediction_resource_id,
+                    "publishedAt": p.published_at,
+                }
+                for name, p in pubs.by_name.items()
+            }
+        }
+        kwargs: dict[str, Any] = (
+            {"etag": pubs.etag, "match_condition": MatchConditions.IfNotModified}
+            if pubs.etag
+            else {}
+        )
+        self._models.upload_blob(
+            self._pointer(project_id),
+            json.dumps(body, indent=2),
+            overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+            **kwargs,
+        )
+
+    def _change_publications(self, project_id: str, change: Any) -> None:
+        """Read-modify-write the pointer with an ETag condition, retrying on races."""
+        for _ in range(20):
+            current = self.publications(project_id)
+            assert current is not None
+            try:
+                self._write_publications(project_id, change(current))
+                return
+            except (ResourceModifiedError, ResourceExistsError):
+                continue
+        raise RuntimeError(f"could not update the published pointer of {project_id}")
+
+    def publish(
+        self,
+        project_id: str,
+        iteration_id: str,
+        publish_name: str,
+        prediction_resource_id: str = "",
+    ) -> Publication:
+        """Publish a Completed iteration under a name (replacing what that name pointed at)."""
+        iteration = self.get_iteration(project_id, iteration_id)
+        if iteration is None:
+            raise NotFound(f"iteration {iteration_id} of project {project_id}")
+        if iteration.status != IterationStatus.COMPLETED:
+            raise ValueError(f"iteration {iteration_id} is {iteration.status}, not Completed")
+        publication = Publication(
+            iteration_id, publish_name, prediction_resource_id, _now().isoformat()
+        )
+
+        def change(pubs: Publications) -> Publications:
+            by_name = {n: p for n, p in pubs.by_name.items() if p.iteration_id != iteration_id}
+            by_name[publish_name] = publication
+            return Publications(by_name, pubs.etag)
+
+        self._change_publications(project_id, change)
+        return publication
+
+    def unpublish(self, project_id: str, iteration_id: str) -> bool:
+        """Withdraw an iteration's publication; False when it was not published."""
+        pubs = self.publications(project_id)
+        assert pubs is not None
+        if pubs.for_iteration(iteration_id) is None:
+            return False
+
+        def change(p: Publications) -> Publications:
+            kept = {n: x for n, x in p.by_name.items() if x.iteration_id != iteration_id}
+            return Publications(kept, p.etag)
+
+        self._change_publications(project_id, change)
+        return True

@@ -1,0 +1,142 @@
+"""The one place that reads configuration.
+
+Settings are read from the environment (Function app settings in Azure, ``local.settings.json``
+locally) when first asked for, never at import time, so tests and the local host can set them
+first. Every setting name comes from :mod:`visionpipe.names`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from visionpipe import names
+
+MB = 1024 * 1024
+
+# The well-known Azurite development account (public, documented by Microsoft; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def azurite_connection_string(host: str = "127.0.0.1", blob_port: int = 10000,
+                              queue_port: int = 10001, table_port: int = 10002) -> str:
+    """Connection string for an Azurite instance (explicit endpoints work with every SDK)."""
+    base = f"http://{host}"
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={base}:{blob_port}/{AZURITE_ACCOUNT};"
+        f"QueueEndpoint={base}:{queue_port}/{AZURITE_ACCOUNT};"
+        f"TableEndpoint={base}:{table_port}/{AZURITE_ACCOUNT};"
+    )
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(value: str | None, default: int) -> int:
+    return default if value is None or value.strip() == "" else int(value)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """How to reach the storage account: a connection string, or an account name + identity."""
+
+    connection_string: str | None = None
+    account_name: str | None = None
+    client_id: str | None = None  # user-assigned managed identity, when `__credential` is one
+    blob_endpoint: str | None = None
+    queue_endpoint: str | None = None
+    table_endpoint: str | None = None
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], prefix: str = names.STORAGE_CONNECTION
+    ) -> StorageSettings:
+        conn = env.get(prefix)
+        if conn:
+            if conn.strip() == "UseDevelopmentStorage=true":
+                conn = azurite_connection_string()
+            return cls(connection_string=conn)
+        account = env.get(f"{prefix}__accountName")
+        blob = env.get(f"{prefix}__blobServiceUri")
+        if not account and not blob:
+            raise RuntimeError(
+                f"No storage configured: set {prefix} (a connection string) or "
+                f"{prefix}__accountName (identity-based, DefaultAzureCredential)."
+            )
+        suffix = "core.windows.net"
+        return cls(
+            account_name=account,
+            client_id=env.get(f"{prefix}__clientId"),
+            blob_endpoint=blob or f"https://{account}.blob.{suffix}",
+            queue_endpoint=env.get(f"{prefix}__queueServiceUri") or f"https://{account}.queue.{suffix}",
+            table_endpoint=env.get(f"{prefix}__tableServiceUri") or f"https://{account}.table.{suffix}",
+        )
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """DESIGN §3 limits for one path (training or prediction)."""
+
+    max_bytes: int
+    min_side: int = 256
+    max_side: int = 10_240
+    max_aspect: float = 25.0
+    max_pixels: int = 64_000_000
+    upscale_small: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings
+    training_key: str | None = None
+    prediction_key: str | None = None
+    auto_create_projects: bool = True
+    training_limits: ImageLimits = field(default_factory=lambda: ImageLimits(max_bytes=6 * MB))
+    prediction_limits: ImageLimits = field(default_factory=lambda: ImageLimits(max_bytes=4 * MB))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        min_side = _int(env.get(names.SETTING_MIN_IMAGE_SIDE), 256)
+        max_pixels = _int(env.get(names.SETTING_MAX_IMAGE_PIXELS), 64_000_000)
+        upscale = _flag(env.get(names.SETTING_UPSCALE_SMALL_IMAGES), False)
+
+        def limits(setting: str, default_bytes: int) -> ImageLimits:
+            return ImageLimits(
+                max_bytes=_int(env.get(setting), default_bytes),
+                min_side=min_side,
+                max_pixels=max_pixels,
+                upscale_small=upscale,
+            )
+
+        return cls(
+            storage=StorageSettings.from_env(env),
+            training_key=env.get(names.SETTING_TRAINING_KEY) or None,
+            prediction_key=env.get(names.SETTING_PREDICTION_KEY) or None,
+            auto_create_projects=_flag(env.get(names.SETTING_AUTO_CREATE_PROJECTS), True),
+            training_limits=limits(names.SETTING_MAX_TRAINING_IMAGE_BYTES, 6 * MB),
+            prediction_limits=limits(names.SETTING_MAX_PREDICTION_IMAGE_BYTES, 4 * MB),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once on first use."""
+    return Settings.from_env()
+
+
+def reset_settings() -> None:
+    """Forget cached settings and clients (tests and the local host change the environment)."""
+    get_settings.cache_clear()
+    from visionpipe import storage
+
+    storage.get_storage.cache_clear()
