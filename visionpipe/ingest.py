@@ -25,6 +25,8 @@ from visionpipe.validation import validate_image
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 256
+# Blob metadata (key, value) the HTTP API puts on images it stores in the drop container.
+API_UPLOAD_MARKER = ("visionpipe_source", "api")
 
 
 class Outcome(StrEnum):
@@ -103,6 +105,9 @@ def ingest_training_blob(blob: BlobCreated, storage: Storage, settings: Settings
     limits = settings.training_limits
     try:
         props = client.get_blob_properties()
+        if (props.metadata or {}).get(API_UPLOAD_MARKER[0]) == API_UPLOAD_MARKER[1]:
+            # Written by the HTTP API, which recorded the label before writing the blob.
+            return IngestResult(Outcome.DUPLICATE, container, path)
         if props.size > limits.max_bytes:  # never download more than the limit allows
             return reject(
                 Rejection(Reason.TOO_LARGE, f"file is {props.size:,} bytes; training images "

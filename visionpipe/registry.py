@@ -63,6 +63,10 @@ class Iteration:
     metrics: dict[str, Any] = field(default_factory=dict)
     failure_reason: str = ""
     backbone: str = ""
+    # What the iteration was trained on (sorted image sha256 + tag ids, hashed): the train route
+    # compares it to refuse "nothing changed" like the service (BadRequestTrainingNotNeeded).
+    dataset_fingerprint: str = ""
+    timings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_entity(cls, e: dict[str, Any]) -> Iteration:
@@ -82,6 +86,8 @@ class Iteration:
             metrics=json.loads(e.get("metrics") or "{}"),
             failure_reason=e.get("failureReason", ""),
             backbone=e.get("backbone", ""),
+            dataset_fingerprint=e.get("datasetFingerprint", ""),
+            timings=json.loads(e.get("timingsJson") or "{}"),
         )
 
 
@@ -131,6 +137,7 @@ class Registry:
         reserved_budget_in_hours: int = 0,
         selected_tags: tuple[str, ...] = (),
         classification_type: str = "Multiclass",
+        dataset_fingerprint: str = "",
     ) -> Iteration:
         """Create an iteration in status Training; an existing id is returned unchanged."""
         iteration_id = iteration_id or str(uuid.uuid4())
@@ -150,6 +157,8 @@ class Registry:
             "selectedTags": json.dumps(list(selected_tags)),
             "classificationType": classification_type,
         }
+        if dataset_fingerprint:
+            entity["datasetFingerprint"] = dataset_fingerprint
         with suppress(ResourceExistsError):  # a concurrent create of the same id: theirs stands
             self._table.create_entity(entity)
         found = self.get_iteration(project_id, iteration_id)

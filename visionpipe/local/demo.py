@@ -1,8 +1,11 @@
-"""``make demo``: drop a generated sample set into the local stack and show what became of it.
+"""``make demo``: the whole loop on generated pictures, first through the drop folder, then the CLI.
 
-Good pictures of a few tags plus deliberately bad files go into the ``training-images`` drop
-folder, exactly as a user would drop them; the table shows each file's fate (labelled, or
-quarantined with its reason).
+1. The drop folder: good pictures of a few tags plus deliberately bad files go into
+   ``training-images`` exactly as a user would drop them; a table shows each file's fate
+   (labelled, or quarantined with its reason).
+2. The command line (DESIGN §10), run as a user would type it: ``visionpipe upload`` a tag-folder
+   sample set under ``.local/demo-data/``, ``train``, ``status --watch``, ``metrics``, ``publish``,
+   ``predict`` a held-back folder, ``quarantine``. Only HTTP, so the same loop works in Azure.
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import Progress
@@ -23,6 +30,9 @@ from visionpipe.label_store import LabelStore
 from visionpipe.local.samples import bad_files, make_image
 from visionpipe.quarantine import REASON_SUFFIX, quarantine_path
 from visionpipe.storage import Storage, get_storage
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEMO_TAGS = ("circle", "stripes", "triangle")
 
@@ -108,17 +118,77 @@ def run(project: str, timeout: float, console: Console) -> bool:
     return as_expected
 
 
+def write_cli_samples(root: Path, per_tag: int = 15, held_back: int = 3) -> tuple[Path, Path]:
+    """``root/train/{tag}/*.jpg`` plus one file the API refuses (too small), and a held-back
+    ``root/held-back/`` folder the model never sees. Seeds overlap the drop-folder set on purpose:
+    those files come back as duplicates."""
+    train, held = root / "train", root / "held-back"
+    for tag in DEMO_TAGS:
+        (train / tag).mkdir(parents=True, exist_ok=True)
+        for i in range(per_tag):
+            (train / tag / f"{tag}-{i:02d}.jpg").write_bytes(make_image(tag, seed=1000 + i))
+    (train / DEMO_TAGS[1] / "thumbnail.jpg").write_bytes(make_image(DEMO_TAGS[1], 7, (96, 96)))
+    held.mkdir(parents=True, exist_ok=True)
+    for tag in DEMO_TAGS:
+        for i in range(held_back):
+            (held / f"{tag}-{i}.jpg").write_bytes(make_image(tag, seed=5000 + i))
+    return train, held
+
+
+def visionpipe(console: Console, *args: str, capture: bool = False) -> str:
+    """Run one ``visionpipe`` command as its own process, as a user would; stop on failure."""
+    console.print(f"\n[bold cyan]$ visionpipe {shlex.join(args)}[/]")
+    done = subprocess.run([sys.executable, "-m", "visionpipe.cli", *args], text=True,
+                          stdout=subprocess.PIPE if capture else None)
+    if done.returncode != 0:
+        raise SystemExit(f"`visionpipe {shlex.join(args)}` failed (exit {done.returncode})")
+    return done.stdout or ""
+
+
+def cli_loop(project: str, data: Path, training_timeout: float, console: Console) -> None:
+    console.rule("[bold]the command line: upload, train, watch, metrics, publish, predict")
+    train, held = write_cli_samples(data)
+    visionpipe(console, "upload", str(train), "--project", project)
+    started = json.loads(visionpipe(console, "train", project, "--force", "--json",
+                                    capture=True))
+    console.print(f"{started['name']} ({started['id']}) is {started['status']}")
+    watch = ["status", project, "--watch", "--iteration", started["id"]]
+    console.print(f"\n[bold cyan]$ visionpipe {shlex.join(watch)}[/]")
+    try:
+        subprocess.run([sys.executable, "-m", "visionpipe.cli", *watch], check=True,
+                       timeout=training_timeout)
+    except subprocess.TimeoutExpired as e:
+        raise SystemExit(f"training did not finish within {training_timeout:.0f} s; is the "
+                         "worker running (make up starts it when torch is installed)? See "
+                         ".local/logs/worker.log") from e
+    except subprocess.CalledProcessError as e:
+        raise SystemExit("training failed; see `visionpipe status` and .local/logs/worker.log"
+                         ) from e
+    visionpipe(console, "metrics", project, "--iteration", started["id"], "--out", str(data))
+    visionpipe(console, "publish", project, "--iteration", started["id"], "--name", project,
+               "--overwrite")
+    visionpipe(console, "predict", project, str(held))
+    visionpipe(console, "quarantine", project)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Drop a generated sample set and report.")
+    parser = argparse.ArgumentParser(description="The whole loop on a generated sample set.")
     parser.add_argument("--project", default="demo")
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for the drop-folder pipeline")
+    parser.add_argument("--training-timeout", type=float, default=900.0)
+    parser.add_argument("--skip-drop", action="store_true", help="only the CLI loop")
     args = parser.parse_args(argv)
     from visionpipe.local.host import apply_settings, load_local_settings
-    from visionpipe.local.stack import SETTINGS
+    from visionpipe.local.stack import SETTINGS, STATE
 
     apply_settings(load_local_settings(SETTINGS))
-    if not run(args.project, args.timeout, Console()):
-        raise SystemExit("some files did not end as expected (see the table)")
+    console = Console()
+    if not args.skip_drop:
+        console.rule("[bold]the drop folder")
+        if not run(args.project, args.timeout, console):
+            raise SystemExit("some files did not end as expected (see the table)")
+    cli_loop(args.project, STATE / "demo-data", args.training_timeout, console)
 
 
 if __name__ == "__main__":

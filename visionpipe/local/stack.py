@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -100,7 +101,11 @@ def up(timeout: float = 90.0) -> None:
         running["bridge"] = _spawn("bridge", [python, "-m", "visionpipe.local.bridge",
                                               "--endpoint", f"http://127.0.0.1:{HOST_PORT}"], env)
     if "worker" not in running and importlib.util.find_spec("torch") is not None:
-        running["worker"] = _spawn("worker", [python, "-m", "training_job", "--watch"], env)
+        # VISIONPIPE_WORKER_ARGS: extra training options for the local worker (e.g. a smaller
+        # backbone for a quick CI run of the demo); see `python -m training_job --help`.
+        extra = shlex.split(os.environ.get("VISIONPIPE_WORKER_ARGS", ""))
+        running["worker"] = _spawn("worker", [python, "-m", "training_job", "--watch", *extra],
+                                   env)
     PIDS.write_text(json.dumps(running, indent=2))
 
     deadline = time.monotonic() + timeout

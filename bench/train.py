@@ -1,0 +1,169 @@
+"""Benchmark: the training job on the CPU — images/s per epoch and one whole 180-image iteration.
+
+Run from the repo root: ``.venv/bin/python bench/train.py`` (``--quick`` for a smoke run). Starts
+its own Azurite (in memory, free ports), stores 180 generated 320 px pictures (6 tags x 30) as the
+drop folder and ingest would, enqueues one training request, and times ``python -m training_job
+--once`` in-process from the request to the registered iteration (goal: <= 3 min on 2 cores), with
+the job's defaults (MobileNetV3-Large, 224 px, Regular: 10 epochs; random init here, since the
+pretrained weights are only baked into the container image).
+
+Baseline, in the same run: the model-only step rate — the same backbone, batch size and optimiser
+on a synthetic batch already in memory, no data pipeline. ``ratio = pipeline / model-only``
+(<= 1): near 1 means decoding and augmentation keep up and the model is the bottleneck. Numbers
+are medians over epochs / repeats. The last line is the JSON record of DESIGN §9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from visionpipe import names  # noqa: E402
+from visionpipe.label_store import ImageFacts, LabelStore  # noqa: E402
+from visionpipe.local.azurite import free_port, start_azurite  # noqa: E402
+from visionpipe.local.samples import KINDS, make_image  # noqa: E402
+from visionpipe.messages import TrainingRequest  # noqa: E402
+from visionpipe.registry import Registry  # noqa: E402
+from visionpipe.settings import reset_settings  # noqa: E402
+from visionpipe.storage import Storage, get_storage  # noqa: E402
+
+GOAL_SECONDS = 180.0
+
+
+def seed(storage: Storage, name: str, per_tag: int) -> str:
+    store = LabelStore(storage)
+    project = store.create_project(name)
+    container = storage.container(names.TRAINING_IMAGES)
+    for kind in KINDS:
+        tag = store.get_or_create_tag(project.id, kind)
+        for i in range(per_tag):
+            data = make_image(kind, i)
+            path = f"{name}/{kind}/{i}.jpg"
+            container.upload_blob(path, data, overwrite=True)
+            store.add_image(project, tag, ImageFacts(hashlib.sha256(data).hexdigest(), 320, 320,
+                                                     "JPEG", len(data)), path)
+    return project.id
+
+
+def model_only_rate(backbone: str, crop: int, batch: int, steps: int, repeats: int) -> float:
+    """Images/s of forward+backward+step on an in-memory batch (no loading at all)."""
+    import torch
+
+    from training_job.model import build_model
+
+    model = build_model(backbone, len(KINDS), None).model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.randn(batch, 3, crop, crop)
+    y = torch.nn.functional.one_hot(torch.arange(batch) % len(KINDS), len(KINDS)).float()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    rates = []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if r:  # the first repeat warms up
+            rates.append(batch * steps / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="MobileNetV3-Small, 112 px, 3 epochs, torchscript export")
+    parser.add_argument("--per-tag", type=int, default=30, help="images per tag (6 tags)")
+    ns = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("azure", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from training_job.cli import get_args_parser, job_options
+    from training_job.worker import Worker, WorkerOptions
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    job = ["--cache-dir", str(work / "cache"), "--weights-dir", str(work / "no-weights")]
+    if ns.quick:
+        job += ["--backbone", "mobilenet_v3_small", "--resize", "128", "--crop", "112",
+                "--epochs", "3", "--exporter", "torchscript"]
+    args = get_args_parser().parse_args(job)
+    options = job_options(args)
+
+    # a terminated bench still stops its Azurite (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    azurite = start_azurite(work / "azurite", free_port(), free_port(), free_port(),
+                            in_memory=True)
+    try:
+        os.environ[names.STORAGE_CONNECTION] = azurite.connection_string
+        reset_settings()
+        storage = get_storage()
+        storage.ensure_resources()
+        images = ns.per_tag * len(KINDS)
+        project_id = seed(storage, "bench-train", ns.per_tag)
+
+        print(f"model-only baseline: {options.backbone} at {options.crop} px, "
+              f"batch {options.batch_size} ...", flush=True)
+        baseline = model_only_rate(options.backbone, options.crop, options.batch_size,
+                                   steps=3 if ns.quick else 2, repeats=3)
+        print(f"  {baseline:.1f} images/s", flush=True)
+
+        storage.queue(names.TRAINING_REQUESTS).send_message(
+            TrainingRequest(project_id=project_id).to_json().encode())
+        worker = Worker(storage, options, WorkerOptions(visibility_timeout=120))
+        t0 = time.perf_counter()
+        outcome = worker.run_once()
+        e2e = time.perf_counter() - t0
+        iteration = Registry(storage).list_iterations(project_id)[0]
+        config = json.loads(Registry(storage).download_artifact(
+            project_id, iteration.id, "training_config.json"))
+        timings = Registry(storage).read_manifest(project_id, iteration.id).timings
+    finally:
+        azurite.stop()
+
+    history = config["fit"]["history"]
+    per_epoch = [round(h["images_per_s"], 1) for h in history]
+    waiting = [round(h["data_wait_s"] / max(h["seconds"], 1e-9), 3) for h in history]
+    # the first epoch pays one-off costs (page faults, allocator); report the steady state
+    steady = per_epoch[1:] or per_epoch
+    value = statistics.median(steady)
+    print(f"iteration {iteration.status} ({outcome}) in {e2e:.1f}s for {images} images "
+          f"(goal <= {GOAL_SECONDS:.0f}s); timings {json.dumps(timings)}")
+    print(f"images/s per epoch: {per_epoch}; share of epoch waiting for data: {waiting}")
+    print(f"metrics: precision {iteration.metrics.get('precision', 0):.3f}, "
+          f"recall {iteration.metrics.get('recall', 0):.3f}, AP "
+          f"{iteration.metrics.get('averagePrecision', 0):.3f} (random init)")
+    print(json.dumps({
+        "name": "train_images_per_second_cpu",
+        "value": round(value, 2),
+        "unit": "images/s",
+        "baseline": "model-only step rate (same backbone and batch, no data pipeline)",
+        "baseline_value": round(baseline, 2),
+        "ratio": round(value / baseline, 3) if baseline else None,
+        "e2e_seconds": round(e2e, 1),
+        "e2e_goal_seconds": GOAL_SECONDS,
+        "images": images,
+        "backbone": options.backbone,
+        "crop": options.crop,
+        "epochs": len(history),
+        "exporter": options.exporter,
+        "status": str(iteration.status),
+        "device": config["fit"]["device"],
+    }))
+
+
+if __name__ == "__main__":
+    main()

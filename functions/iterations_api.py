@@ -1,0 +1,103 @@
+"""Custom Vision's iteration routes (DESIGN §6), ``Training-Key``:
+
+``GET    /customvision/{v}/training/projects/{projectId}/iterations``
+``GET|PATCH|DELETE .../iterations/{iterationId}``
+``GET    .../iterations/{iterationId}/performance?threshold=&overlapThreshold=``
+``GET    .../iterations/{iterationId}/performance/images[/count]?tagIds=&orderBy=&take=&skip=``
+
+Logic in :mod:`visionpipe.api_iterations`; heavy modules are imported inside the handlers so the
+Function app's cold import stays small.
+"""
+
+import azure.functions as func
+
+bp = func.Blueprint()
+
+ITERATIONS_ROUTE = "customvision/{apiVersion}/training/projects/{projectId}/iterations"
+ITERATION_ROUTE = ITERATIONS_ROUTE + "/{iterationId}"
+PERFORMANCE_ROUTE = ITERATION_ROUTE + "/performance"
+
+
+def _ids(req: func.HttpRequest) -> tuple[str, str]:
+    return req.route_params["projectId"], req.route_params["iterationId"]
+
+
+@bp.function_name("list_iterations")
+@bp.route(route=ITERATIONS_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def list_iterations(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import training_call
+    from visionpipe.api_iterations import IterationApi
+
+    return training_call(req, lambda: IterationApi.create().list(req.route_params["projectId"]))
+
+
+@bp.function_name("manage_iteration")
+@bp.route(route=ITERATION_ROUTE, methods=["GET", "PATCH", "DELETE"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def iteration(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import json_body, training_call
+    from visionpipe.api_iterations import IterationApi
+
+    def act() -> object:
+        api, (project_id, iteration_id) = IterationApi.create(), _ids(req)
+        method = req.method.upper()
+        if method == "DELETE":
+            return api.delete(project_id, iteration_id)
+        if method == "PATCH":
+            return api.update(project_id, iteration_id, json_body(req, required=True))
+        return api.get(project_id, iteration_id)
+
+    return training_call(req, act)
+
+
+def _threshold(req: func.HttpRequest) -> float:
+    from visionpipe import api_errors
+
+    raw = req.params.get("threshold")
+    try:
+        return float(raw) if raw not in (None, "") else 0.5
+    except ValueError as e:
+        raise api_errors.bad_request("BadRequestInvalid", "threshold must be a number") from e
+
+
+@bp.function_name("iteration_performance")
+@bp.route(route=PERFORMANCE_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def iteration_performance(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import training_call
+    from visionpipe.api_iterations import IterationApi
+
+    # overlapThreshold only means something for object detection; accepted and ignored.
+    return training_call(req, lambda: IterationApi.create().performance(
+        *_ids(req), threshold=_threshold(req)))
+
+
+def _int(req: func.HttpRequest, name: str, default: int) -> int:
+    from visionpipe import api_errors
+
+    try:
+        return int(req.params.get(name) or default)
+    except ValueError as e:
+        raise api_errors.bad_request("BadRequestInvalid", f"{name} must be an integer") from e
+
+
+@bp.function_name("image_performances")
+@bp.route(route=PERFORMANCE_ROUTE + "/images", methods=["GET"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def image_performances(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import id_list, training_call
+    from visionpipe.api_iterations import IterationApi
+
+    return training_call(req, lambda: IterationApi.create().image_performances(
+        *_ids(req), id_list(req.params.get("tagIds")), req.params.get("orderBy"),
+        _int(req, "take", 50), _int(req, "skip", 0)))
+
+
+@bp.function_name("image_performance_count")
+@bp.route(route=PERFORMANCE_ROUTE + "/images/count", methods=["GET"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def image_performance_count(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import id_list, training_call
+    from visionpipe.api_iterations import IterationApi
+
+    return training_call(req, lambda: IterationApi.create().image_performance_count(
+        *_ids(req), id_list(req.params.get("tagIds"))))

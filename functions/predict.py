@@ -1,0 +1,34 @@
+"""Event Grid trigger for the prediction drop folder (``predict-images``)."""
+
+import logging
+
+import azure.functions as func
+
+from visionpipe import names
+from visionpipe.events import EventRefused, parse_blob_created
+from visionpipe.predict import DropFolderPredictor
+from visionpipe.settings import get_settings
+from visionpipe.storage import get_storage
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.function_name(names.PREDICT_FUNCTION)
+@bp.event_grid_trigger(arg_name="event")
+def predict_image(event: func.EventGridEvent) -> None:
+    try:
+        blob = parse_blob_created(
+            event_id=event.id,
+            event_type=event.event_type,
+            subject=event.subject,
+            data=event.get_json() or {},
+            container=names.PREDICT_IMAGES,
+        )
+    except EventRefused as e:
+        # Retrying cannot help: acknowledge, but say so loudly.
+        log.error("refused: %s", e)
+        return
+    result = DropFolderPredictor(get_storage(), get_settings()).handle(blob)
+    log.info("predict %s -> %s%s", result.path, result.outcome,
+             f" ({result.code})" if result.code else "")

@@ -1,0 +1,63 @@
+"""Custom Vision's prediction-store routes (DESIGN §6), ``Training-Key``:
+
+``POST   /customvision/{v}/training/projects/{projectId}/predictions/query`` (PredictionQueryToken)
+``DELETE .../projects/{projectId}/predictions?ids=a,b``
+``POST   .../projects/{projectId}/images/suggested[/count]?iterationId=``
+(SuggestedTagAndRegionQueryToken): stored predictions, the most uncertain first.
+"""
+
+import azure.functions as func
+
+bp = func.Blueprint()
+
+PROJECT_ROUTE = "customvision/{apiVersion}/training/projects/{projectId}"
+
+
+@bp.function_name("query_predictions")
+@bp.route(route=PROJECT_ROUTE + "/predictions/query", methods=["POST"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def query_predictions(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import json_body, training_call
+    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api_training import query_predictions as query
+
+    return training_call(req, lambda: query(IterationApi.create(), req.route_params["projectId"],
+                                            json_body(req)))
+
+
+@bp.function_name("delete_predictions")
+@bp.route(route=PROJECT_ROUTE + "/predictions", methods=["DELETE"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def delete_predictions(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import id_list, training_call
+    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api_training import delete_predictions as delete
+
+    return training_call(req, lambda: delete(IterationApi.create(), req.route_params["projectId"],
+                                             id_list(req.params.get("ids"))))
+
+
+@bp.function_name("suggested_images")
+@bp.route(route=PROJECT_ROUTE + "/images/suggested", methods=["POST"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def suggested_images(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import json_body, training_call
+    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api_training import suggested_images as suggested
+
+    return training_call(req, lambda: suggested(
+        IterationApi.create(), req.route_params["projectId"], req.params.get("iterationId"),
+        json_body(req)))
+
+
+@bp.function_name("suggested_image_count")
+@bp.route(route=PROJECT_ROUTE + "/images/suggested/count", methods=["POST"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def suggested_image_count(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api_adapter import json_body, training_call
+    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api_training import suggested_image_count as count
+
+    return training_call(req, lambda: count(
+        IterationApi.create(), req.route_params["projectId"], req.params.get("iterationId"),
+        json_body(req)))

@@ -1,0 +1,80 @@
+"""Custom Vision Training API routes for domains and projects (DESIGN §6), ``Training-Key``:
+
+``GET    /customvision/{v}/training/domains``                  api_domains
+``GET    /customvision/{v}/training/domains/{domainId}``       api_domain
+``GET    /customvision/{v}/training/projects``                 api_projects (list)
+``POST   /customvision/{v}/training/projects?name=...``        api_projects (create)
+``GET    /customvision/{v}/training/projects/{projectId}``     api_project
+``PATCH  /customvision/{v}/training/projects/{projectId}``     api_project (Project body)
+``DELETE /customvision/{v}/training/projects/{projectId}``     api_project -> 204
+
+Thin: the work is in :mod:`visionpipe.api_projects`, imported on first call (cold start).
+"""
+
+import azure.functions as func
+
+bp = func.Blueprint()
+
+_BASE = "customvision/{apiVersion}/training"
+
+
+@bp.function_name("api_domains")
+@bp.route(route=f"{_BASE}/domains", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def api_domains(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe import api_projects as api
+
+    return api.respond(req, api.list_domains)
+
+
+@bp.function_name("api_domain")
+@bp.route(route=f"{_BASE}/domains/{{domainId}}", methods=["GET"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def api_domain(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe import api_projects as api
+
+    return api.respond(req, lambda: api.get_domain(req.route_params["domainId"]))
+
+
+@bp.function_name("api_projects")
+@bp.route(route=f"{_BASE}/projects", methods=["GET", "POST"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def api_projects(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe import api_projects as api
+    from visionpipe.label_store import LabelStore
+    from visionpipe.storage import get_storage
+
+    def work() -> object:
+        store = LabelStore(get_storage())
+        if req.method.upper() == "GET":
+            return api.list_projects(store)
+        p = req.params
+        return api.create_project(
+            store, p.get("name"), p.get("description"), p.get("domainId"),
+            p.get("classificationType"), api.id_list(p.get("targetExportPlatforms")),
+        )
+
+    return api.respond(req, work)
+
+
+@bp.function_name("api_project")
+@bp.route(route=f"{_BASE}/projects/{{projectId}}", methods=["GET", "PATCH", "DELETE"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def api_project(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe import api_projects as api
+    from visionpipe.label_store import LabelStore
+    from visionpipe.registry import Registry
+    from visionpipe.storage import get_storage
+
+    project_id = req.route_params["projectId"]
+    method = req.method.upper()
+
+    def work() -> object:
+        storage = get_storage()
+        store = LabelStore(storage)
+        if method == "GET":
+            return api.get_project(store, project_id)
+        if method == "PATCH":
+            return api.update_project(store, project_id, api.json_body(req))
+        return api.delete_project(storage, store, Registry(storage), project_id)
+
+    return api.respond(req, work, 204 if method == "DELETE" else 200)

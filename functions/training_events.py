@@ -1,0 +1,30 @@
+"""Queue trigger for ``training-events``: record what training reported, maybe auto-publish."""
+
+import logging
+
+import azure.functions as func
+
+from visionpipe import names
+from visionpipe.label_store import LabelStore
+from visionpipe.messages import TrainingEvent
+from visionpipe.publishing import AutoPublishConfig, handle_training_event
+from visionpipe.registry import Registry
+from visionpipe.storage import get_storage
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.function_name(names.TRAINING_EVENTS_FUNCTION)
+@bp.queue_trigger(arg_name="msg", queue_name=f"%{names.SETTING_TRAINING_EVENTS_QUEUE}%",
+                  connection=names.STORAGE_CONNECTION)
+def on_training_event(msg: func.QueueMessage) -> None:
+    # A message that is not a training event raises BadMessage: after maxDequeueCount tries the
+    # runtime moves it to the poison queue, where it stays for a person to look at.
+    event = TrainingEvent.from_json(msg.get_body())
+    storage = get_storage()
+    outcome = handle_training_event(event, Registry(storage), LabelStore(storage),
+                                    AutoPublishConfig.from_env())
+    log.info("training event %s for %s/%s (dequeue %s) -> %s%s", event.training_status,
+             event.project_id, event.iteration_id, msg.dequeue_count, outcome.status,
+             f", published as {outcome.published.publish_name!r}" if outcome.published else "")

@@ -1,0 +1,108 @@
+"""visionpipe's own routes beside the Custom Vision API (``Training-Key``), for the CLI:
+
+``GET /visionpipe/v1/projects/{projectId}/quarantine``
+    what the drop folders rejected and why (Custom Vision has no quarantine to ask about)
+``GET /visionpipe/v1/projects/{projectId}/iterations/{iterationId}/progress``
+    the training job's live progress (epoch, loss, phase), which Custom Vision's Iteration lacks
+``GET /visionpipe/v1/projects/{projectId}/iterations/{iterationId}/artifacts/{name}``
+    the evaluation plots and metrics of a trained iteration (allowlisted names only)
+
+Thin: library modules are imported inside the handlers (cold start).
+"""
+
+import json
+from collections.abc import Callable
+
+import azure.functions as func
+
+bp = func.Blueprint()
+
+PROJECT_ROUTE = "visionpipe/v1/projects/{projectId}"
+ITERATION_ROUTE = PROJECT_ROUTE + "/iterations/{iterationId}"
+#: the artifacts a client may fetch: never model.onnx through here (that is export's job)
+ARTIFACTS = {
+    "pr_curve.png": "image/png",
+    "confusion_matrix.png": "image/png",
+    "metrics.json": "application/json",
+}
+
+
+def _call(req: func.HttpRequest, action: Callable[[], object]) -> func.HttpResponse:
+    """Check the training key, run ``action``, answer JSON or pass a response through."""
+    from visionpipe import api_errors
+    from visionpipe.api_errors import ApiError
+    from visionpipe.auth import check_training_key
+
+    denied = check_training_key(req.headers)
+    if denied is not None:
+        return api_errors.to_http_response(denied)
+    try:
+        result = action()
+    except ApiError as e:
+        return api_errors.to_http_response(e)
+    if isinstance(result, func.HttpResponse):
+        return result
+    return func.HttpResponse(json.dumps(result), mimetype="application/json")
+
+
+@bp.function_name("visionpipe_quarantine")
+@bp.route(route=PROJECT_ROUTE + "/quarantine", methods=["GET"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def quarantine(req: func.HttpRequest) -> func.HttpResponse:
+    def act() -> object:
+        from visionpipe import names
+        from visionpipe.api_projects import require_project
+        from visionpipe.label_store import LabelStore
+        from visionpipe.quarantine import list_quarantined
+        from visionpipe.storage import get_storage
+
+        storage = get_storage()
+        project = require_project(LabelStore(storage), req.route_params["projectId"])
+        return [
+            {"container": container, **reason}
+            for container in (names.TRAINING_IMAGES, names.PREDICT_IMAGES)
+            for reason in list_quarantined(storage, prefix=f"{container}/{project.name}/")
+        ]
+
+    return _call(req, act)
+
+
+@bp.function_name("visionpipe_iteration_progress")
+@bp.route(route=ITERATION_ROUTE + "/progress", methods=["GET"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def iteration_progress(req: func.HttpRequest) -> func.HttpResponse:
+    def act() -> object:
+        from visionpipe import api_errors
+        from visionpipe.registry import Registry
+        from visionpipe.storage import get_storage
+
+        iteration = Registry(get_storage()).get_iteration(req.route_params["projectId"],
+                                                          req.route_params["iterationId"])
+        if iteration is None:
+            raise api_errors.iteration_not_found()
+        return {"id": iteration.id, "status": str(iteration.status),
+                "progress": iteration.progress, "failureReason": iteration.failure_reason or None}
+
+    return _call(req, act)
+
+
+@bp.function_name("visionpipe_iteration_artifact")
+@bp.route(route=ITERATION_ROUTE + "/artifacts/{name}", methods=["GET"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def iteration_artifact(req: func.HttpRequest) -> func.HttpResponse:
+    def act() -> object:
+        from visionpipe import api_errors
+        from visionpipe.registry import NotFound, Registry
+        from visionpipe.storage import get_storage
+
+        name = req.route_params["name"]
+        if name not in ARTIFACTS:
+            raise api_errors.not_found(f"no artifact {name!r}; one of {sorted(ARTIFACTS)}")
+        try:
+            data = Registry(get_storage()).download_artifact(
+                req.route_params["projectId"], req.route_params["iterationId"], name)
+        except NotFound as e:
+            raise api_errors.not_found(f"the iteration has no {name}") from e
+        return func.HttpResponse(data, mimetype=ARTIFACTS[name])
+
+    return _call(req, act)

@@ -1,0 +1,169 @@
+"""Command line of the training job (torchvision references style: ``get_args_parser`` + ``main``).
+
+    python -m training_job --once    # one Container Apps Job execution: one message, then exit
+    python -m training_job --watch   # the local worker of `make up`: poll until SIGTERM
+
+Storage comes from the visionpipe settings (``VISIONPIPE_STORAGE``, or identity-based
+``VISIONPIPE_STORAGE__accountName``), exactly as the Function app reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from training_job.model import BACKBONES, DEFAULT_BACKBONE, DEFAULT_WEIGHTS_DIR
+from training_job.worker import Outcome, Worker, WorkerOptions
+from visionpipe import names
+
+if TYPE_CHECKING:
+    from training_job.pipeline import JobOptions
+
+log = logging.getLogger("training_job")
+
+
+def _setting(name: str, default: str) -> str:
+    """A queue-name app setting (the Bicep sets the same ones on the Function app and the job,
+    which its ``%SETTING%`` binding expressions read); the contract name when unset."""
+    return os.environ.get(name) or default
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training_job",
+        description="visionpipe training job: queued training request -> registered ONNX iteration",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", default=True,
+                      help="handle one message and exit (a Container Apps Job execution)")
+    mode.add_argument("--watch", action="store_true",
+                      help="keep polling the queue (the local worker); stops on SIGTERM/SIGINT")
+
+    q = p.add_argument_group("queue")
+    requests_setting = names.SETTING_TRAINING_REQUESTS_QUEUE
+    q.add_argument("--queue", default=_setting(requests_setting, names.TRAINING_REQUESTS),
+                   help=f"training request queue (app setting {requests_setting})")
+    events_setting = names.SETTING_TRAINING_EVENTS_QUEUE
+    q.add_argument("--events-queue", default=_setting(events_setting, names.TRAINING_EVENTS),
+                   help=f"training event queue (app setting {events_setting})")
+    q.add_argument("--visibility-timeout", type=int, default=300,
+                   help="seconds a received request stays hidden; renewed every third of it")
+    q.add_argument("--max-dequeue-count", type=int, default=5,
+                   help="attempts before a request goes to {queue}-poison")
+    q.add_argument("--retry-delay", type=int, default=10,
+                   help="seconds before a rejected or transiently failed request is retried")
+    q.add_argument("--poll-interval", type=float, default=1.0,
+                   help="--watch: seconds between polls")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=sorted(BACKBONES))
+    m.add_argument("--weights", type=Path, default=None,
+                   help="pretrained weights file (default: WEIGHTS_DIR/BACKBONE.pth if present, "
+                        "else a random init)")
+    m.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR,
+                   help="where the container image bakes the pretrained weights")
+    m.add_argument("--resize", type=int, default=256, help="shorter side before the centre crop")
+    m.add_argument("--crop", type=int, default=224, help="model input size")
+    m.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
+                   help="torch.onnx exporter")
+
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=10, help="Regular training: epochs")
+    t.add_argument("--patience", type=int, default=3, help="Regular: early-stopping patience")
+    t.add_argument("--regular-budget-minutes", type=float, default=30.0,
+                   help="Regular: wall-clock budget of one iteration")
+    t.add_argument("--advanced-epochs", type=int, default=60, help="Advanced training: epochs")
+    t.add_argument("--advanced-patience", type=int, default=8)
+    t.add_argument("--advanced-budget-hours", type=float, default=1.0,
+                   help="Advanced: budget when the request reserves none (reservedBudgetInHours)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--workers", type=int, default=None,
+                   help="data loader processes (default: by device and core count)")
+    t.add_argument("--no-amp", dest="amp", action="store_false", help="CUDA: train in fp32")
+    t.add_argument("--min-images-per-tag", type=int, default=5)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--cache-dir", type=Path,
+                   default=Path.home() / ".cache" / "visionpipe" / "images",
+                   help="local cache of training images (keyed by sha256)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def job_options(args: argparse.Namespace) -> JobOptions:
+    from training_job.pipeline import JobOptions
+
+    return JobOptions(
+        backbone=args.backbone, weights=args.weights, weights_dir=args.weights_dir,
+        resize=args.resize, crop=args.crop, epochs=args.epochs, patience=args.patience,
+        regular_budget_minutes=args.regular_budget_minutes, advanced_epochs=args.advanced_epochs,
+        advanced_patience=args.advanced_patience, advanced_budget_hours=args.advanced_budget_hours,
+        batch_size=args.batch_size, lr=args.lr, device=args.device, workers=args.workers,
+        amp=args.amp, cache_dir=args.cache_dir, exporter=args.exporter,
+        min_images_per_tag=args.min_images_per_tag, seed=args.seed,
+    )
+
+
+def worker_options(args: argparse.Namespace) -> WorkerOptions:
+    return WorkerOptions(
+        queue=args.queue, events_queue=args.events_queue,
+        visibility_timeout=args.visibility_timeout, max_dequeue_count=args.max_dequeue_count,
+        retry_delay=args.retry_delay, poll_interval=args.poll_interval,
+    )
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("azure", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _install_signal_handlers(worker: Worker) -> dict[int, Any]:
+    """First SIGTERM/SIGINT: stop after the current step and hand the message back; a second
+    SIGINT interrupts at once. Returns the handlers it replaced (none off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if worker.stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("%s: stopping (the request in progress goes back to the queue)",
+                    signal.Signals(signum).name)
+        worker.stop.set()
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for signum in previous:
+        signal.signal(signum, on_signal)
+    return previous
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the job; exit status 0 when the request was handled (Completed or recorded Failed,
+    rejected, poisoned) or there was none, 1 when it must be retried."""
+    _configure_logging(args.log_level)
+    from visionpipe.storage import get_storage
+
+    worker = Worker(get_storage(), job_options(args), worker_options(args))
+    previous = _install_signal_handlers(worker)
+    try:
+        if args.watch:
+            worker.watch()
+            return 0
+        outcome = worker.run_once()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if outcome is None:
+        log.info("no training request in %s", args.queue)
+    return 1 if outcome in (Outcome.RETRY, Outcome.LEASE_LOST) else 0

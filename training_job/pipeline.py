@@ -1,0 +1,291 @@
+"""One iteration, start to finish: snapshot, download, fine-tune, export, check, evaluate, register.
+
+Queue handling lives in training_job.worker; this module knows nothing about messages, only about
+a project, an iteration row and the options. Every step overwrites what a killed earlier attempt
+at the same iteration may have left, so a retry converges on one consistent iteration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training_job import dataset as ds
+from training_job.evaluate import confusion_png, evaluate, pr_curve_png
+from training_job.export import PARITY_TOLERANCE, ExportError, export_onnx, onnx_session, parity
+from training_job.model import (
+    DEFAULT_BACKBONE,
+    DEFAULT_WEIGHTS_DIR,
+    USER_WEIGHTS_DIR,
+    WithProbabilities,
+    build_model,
+    weights_file,
+)
+from training_job.train import EpochResult, TrainConfig, fit
+from visionpipe import names
+from visionpipe.label_store import LabelStore, Project
+from visionpipe.manifest import (
+    CONFUSION_MATRIX_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PR_CURVE_FILE,
+    Manifest,
+    TagOutput,
+)
+from visionpipe.messages import TrainingRequest
+from visionpipe.preprocessing import PreprocessingSpec, to_input
+from visionpipe.registry import Iteration, IterationStatus, Registry
+from visionpipe.storage import Storage
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "training_config.json"
+EXPORT_RESERVE_S = 120.0  # kept out of the training budget for export, evaluation, upload
+PARITY_CHUNK = 64
+
+
+@dataclass
+class JobOptions:
+    """How this deployment trains (command-line options; the request picks Regular/Advanced)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: Path | None = None  # explicit file; else weights_dir/{backbone}.pth when present
+    weights_dir: Path = DEFAULT_WEIGHTS_DIR
+    resize: int = 256
+    crop: int = 224
+    epochs: int = 10  # Regular: a quick fixed budget
+    patience: int = 3
+    regular_budget_minutes: float = 30.0
+    advanced_epochs: int = 60  # Advanced: longer, bounded by reservedBudgetInHours
+    advanced_patience: int = 8
+    advanced_budget_hours: float = 1.0  # when the request reserves none
+    batch_size: int = 32
+    lr: float = 1e-3
+    device: str = "auto"
+    workers: int | None = None
+    amp: bool = True
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache/visionpipe/images")
+    exporter: str = "dynamo"
+    parity_tolerance: float = PARITY_TOLERANCE
+    min_images_per_tag: int = ds.MIN_IMAGES_PER_TAG
+    seed: int = 0
+
+    @property
+    def spec(self) -> PreprocessingSpec:
+        return PreprocessingSpec(resize=self.resize, crop=self.crop,
+                                 input_shape=(-1, 3, self.crop, self.crop))
+
+    def weights_path(self) -> Path:
+        """``--weights``; else the baked-in file; else (default folder only) the developer's."""
+        if self.weights:
+            return self.weights
+        baked = weights_file(self.weights_dir, self.backbone)
+        if self.weights_dir == DEFAULT_WEIGHTS_DIR and not baked.is_file():
+            local = weights_file(USER_WEIGHTS_DIR, self.backbone)
+            if local.is_file():
+                return local
+        return baked
+
+    def train_config(self, request: TrainingRequest, seconds_used: float) -> TrainConfig:
+        if request.training_type == "Advanced":
+            hours = request.reserved_budget_in_hours or self.advanced_budget_hours
+            epochs, patience, budget = self.advanced_epochs, self.advanced_patience, hours * 3600
+        else:
+            epochs, patience = self.epochs, self.patience
+            budget = self.regular_budget_minutes * 60
+        return TrainConfig(
+            epochs=epochs, patience=patience,
+            time_budget_s=max(60.0, budget - seconds_used - EXPORT_RESERVE_S),
+            batch_size=self.batch_size, lr=self.lr, device=self.device, workers=self.workers,
+            amp=self.amp, seed=self.seed,
+        )
+
+
+class Timer:
+    """Named wall-clock phases, for the manifest and the iteration row."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def phase(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.phases[f"{name}Seconds"] = round(now - since, 3)
+        return now
+
+    def total(self) -> dict[str, float]:
+        return {**self.phases, "totalSeconds": round(time.perf_counter() - self.started, 3)}
+
+
+def _progress(phase: str, epoch: int = 0, epochs: int = 0, train_loss: float | None = None,
+              val_metric: float | None = None, **extra: Any) -> dict[str, Any]:
+    return {"phase": phase, "epoch": epoch, "epochs": epochs, "trainLoss": train_loss,
+            "valMetric": val_metric, **extra}
+
+
+def train_iteration(
+    storage: Storage,
+    project: Project,
+    iteration: Iteration,
+    request: TrainingRequest,
+    options: JobOptions,
+    check_lease: Callable[[], None] = lambda: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Manifest:
+    """Train and register ``iteration``; raise (DatasetError, ExportError, ...) when it cannot be.
+
+    ``check_lease`` raises when this worker no longer owns the request (another execution may be
+    retraining the same iteration): called after every epoch and before anything is registered.
+    """
+    registry = Registry(storage)
+    label_store = LabelStore(storage)
+    spec = options.spec
+    timer = Timer()
+
+    def progress(value: dict[str, Any], **columns: Any) -> None:
+        """Best effort: a progress write that fails must not fail the training."""
+        try:
+            registry.update_iteration(project.id, iteration.id, progress=value, **columns)
+        except Exception as e:  # noqa: BLE001 - progress is advisory
+            log.warning("could not record progress: %s", e)
+
+    progress(_progress("snapshot"), status=str(IterationStatus.TRAINING), failureReason="",
+             backbone=options.backbone)
+
+    # 1. the dataset snapshot, cached locally, stored beside the other iterations'
+    t = time.perf_counter()
+    snapshot = ds.take_snapshot(label_store, project, request.selected_tags,
+                                min_per_tag=options.min_images_per_tag)
+    cache = ds.ImageCache(storage.container(names.TRAINING_IMAGES), options.cache_dir)
+    t = timer.phase("snapshot", t)
+    progress(_progress("download", images=len(snapshot.samples)))
+    missing = cache.fetch_all(snapshot.samples)
+    if missing:
+        log.warning("%d images could not be fetched; training without them", len(missing))
+        snapshot = ds.without(snapshot, missing, min_per_tag=options.min_images_per_tag)
+    ds.write_snapshot(storage, snapshot, iteration.id)
+    t = timer.phase("download", t)
+    train, test = snapshot.train, snapshot.test
+    log.info("project %s, iteration %s: %d tags (%s), %d train / %d test images, %s",
+             project.name, iteration.id, len(snapshot.tags), ", ".join(snapshot.tag_names),
+             len(train), len(test), project.classification_type)
+
+    # 2. fine-tune
+    built = build_model(options.backbone, len(snapshot.tags), options.weights_path())
+    min_size = spec.min_decode_size
+    files = lambda samples: [cache.path(s.sha256) for s in samples]  # noqa: E731
+    train_set = ds.CachedImages(files(train), snapshot.targets(train), ds.train_transform(spec),
+                                min_size)
+    eval_tf = ds.EvalTransform(spec)
+    val_set = ds.CachedImages(files(test), snapshot.targets(test), eval_tf, min_size)
+    recal_set = ds.CachedImages(files(train), snapshot.targets(train), eval_tf, min_size)
+    config = options.train_config(request, time.perf_counter() - timer.started)
+
+    def on_epoch(r: EpochResult) -> None:
+        progress(_progress("training", r.epoch, r.epochs, round(r.train_loss, 5),
+                           round(r.val_metric, 5), imagesPerSecond=round(r.images_per_s, 2)))
+        check_lease()
+
+    progress(_progress("training", 0, config.epochs))
+    model, fitted = fit(built, snapshot.multilabel, train_set, val_set, recal_set, config,
+                        on_epoch, should_stop)
+    t = timer.phase("train", t)
+
+    # 3. export and check
+    progress(_progress("exporting", fitted.best_epoch, config.epochs))
+    served_model = WithProbabilities(model, snapshot.multilabel).eval()
+    with tempfile.TemporaryDirectory(prefix="visionpipe-export-") as tmp:
+        onnx_path = Path(tmp) / MODEL_FILE
+        opset = export_onnx(served_model, spec, onnx_path, options.exporter)
+        model_bytes = onnx_path.read_bytes()
+    t = timer.phase("export", t)
+
+    # 4. parity and evaluation on the test pictures, preprocessed as serving does
+    progress(_progress("evaluating", fitted.best_epoch, config.epochs))
+    session = onnx_session(model_bytes)
+    worst, probs = 0.0, []
+    for i in range(0, len(test), PARITY_CHUNK):
+        pictures = ds.load_pictures(cache, test[i:i + PARITY_CHUNK], spec)
+        diff, served = parity(session, served_model, to_input(pictures, spec))
+        worst = max(worst, diff)
+        probs.append(served)
+    log.info("parity: max |onnx - torch| = %.2e on %d test images (tolerance %.0e)",
+             worst, len(test), options.parity_tolerance)
+    if worst > options.parity_tolerance:
+        raise ExportError(f"ONNX Runtime and torch disagree by {worst:.2e} in probability "
+                          f"(tolerance {options.parity_tolerance:.0e}); not registering")
+    probabilities = np.concatenate(probs)
+    labels = snapshot.targets(test)
+    metrics, metrics_doc = evaluate(labels, probabilities, snapshot.tag_ids, snapshot.tag_names,
+                                    [(s.image_id, s.sha256) for s in test], len(train))
+    pr_png = pr_curve_png(labels, probabilities, metrics)
+    cm_png = confusion_png(labels, probabilities, snapshot.tag_names, snapshot.multilabel)
+    t = timer.phase("evaluate", t)
+
+    # 5. register: artifacts first (manifest last: it is what serving reads), then the row
+    check_lease()
+    progress(_progress("registering", fitted.best_epoch, config.epochs))
+    timings = timer.total()
+    manifest = Manifest(
+        project_id=project.id,
+        iteration_id=iteration.id,
+        classification_type=project.classification_type,
+        tags=tuple(TagOutput(tag.id, tag.name) for tag in snapshot.tags),
+        preprocessing=spec,
+        backbone=options.backbone,
+        pretrained=built.pretrained,
+        onnx_opset=opset,
+        model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        metrics=metrics,
+        timings=timings,
+        created=datetime.now(UTC).isoformat(),
+    )
+    resolved = {
+        "request": request.to_dict(),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+        "train": asdict(config),
+        "fit": fitted.to_dict(),
+        "pretrained": built.pretrained,
+        "weights": built.weights,
+        "parityMaxAbsDiff": worst,
+        "exporter": options.exporter,
+    }
+    upload = lambda name, data, kind: registry.upload_artifact(  # noqa: E731
+        project.id, iteration.id, name, data, kind)
+    upload(MODEL_FILE, model_bytes, "application/octet-stream")
+    upload(METRICS_FILE, json.dumps(metrics_doc, indent=1).encode(), "application/json")
+    upload(PR_CURVE_FILE, pr_png, "image/png")
+    upload(CONFUSION_MATRIX_FILE, cm_png, "image/png")
+    upload(CONFIG_FILE, json.dumps(resolved, indent=2, default=str).encode(), "application/json")
+    upload(MANIFEST_FILE, manifest.to_json().encode(), "application/json")
+    check_lease()
+    timings = timer.total()
+    registry.update_iteration(
+        project.id, iteration.id,
+        status=str(IterationStatus.COMPLETED),
+        progress=_progress("completed", fitted.best_epoch, config.epochs,
+                           round(fitted.history[-1].train_loss, 5) if fitted.history else None,
+                           round(fitted.best_metric, 5), stopped=fitted.stopped,
+                           epochsRun=len(fitted.history)),
+        metrics=metrics,
+        trainedAt=datetime.now(UTC),
+        failureReason="",
+        backbone=options.backbone,
+        pretrained=built.pretrained,
+        timingsJson=json.dumps(timings),
+    )
+    log.info("iteration %s Completed in %.1fs: precision %.3f, recall %.3f, AP %.3f%s",
+             iteration.id, timings["totalSeconds"], metrics["precision"], metrics["recall"],
+             metrics["averagePrecision"], "" if built.pretrained else " (RANDOM INIT)")
+    return manifest

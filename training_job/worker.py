@@ -1,0 +1,338 @@
+"""The queue side of the training job: receive, lease, process, register, then delete.
+
+Container Apps Jobs have no Functions runtime, so the job does what the runtime would: it keeps
+the request invisible while it works (renewing the visibility timeout), deletes it only after
+the iteration is registered or recorded Failed, and moves a message that keeps failing to
+``{queue}-poison`` after ``max_dequeue_count`` attempts, so nothing loops forever. A worker killed
+mid-run simply stops renewing: the message reappears and the same iteration id is retrained.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from contextlib import suppress
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from visionpipe import names
+from visionpipe.label_store import LabelStore, Project
+from visionpipe.messages import (
+    TRAINING_COMPLETED,
+    TRAINING_FAILED,
+    BadMessage,
+    TrainingEvent,
+    TrainingRequest,
+)
+from visionpipe.registry import IterationStatus, Registry
+from visionpipe.storage import Storage
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+_MAX_REASON = 2000
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"  # registered, event sent, message deleted
+    FAILED = "failed"  # recorded Failed, event sent, message deleted
+    DUPLICATE = "duplicate"  # the iteration was already finished: event re-sent, message deleted
+    REJECTED = "rejected"  # malformed or unknown project: left for retry, poison after the max
+    POISONED = "poisoned"  # moved to {queue}-poison
+    RETRY = "retry"  # a transient error: left for another attempt
+    RELEASED = "released"  # asked to stop: the message is visible again at once
+    LEASE_LOST = "lease_lost"  # another execution owns the request now: nothing registered
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the request message."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network trouble or a throttled/unavailable service: worth another attempt, not a Failed."""
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return True
+    return isinstance(exc, HttpResponseError) and exc.status_code in _TRANSIENT_STATUS
+
+
+def decode_body(content: Any) -> str:
+    """Base64 JSON (the Functions default encoding) or, leniently, plain JSON text as a person
+    may enqueue it from a portal or Storage Explorer."""
+    if isinstance(content, bytes):
+        content = content.decode("utf-8", errors="replace")
+    text = content or ""
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return text
+
+
+@dataclass
+class WorkerOptions:
+    queue: str = names.TRAINING_REQUESTS
+    events_queue: str = names.TRAINING_EVENTS
+    visibility_timeout: int = 300  # seconds; renewed every third of it while training
+    max_dequeue_count: int = 5  # the Functions host default for queue triggers
+    retry_delay: int = 10  # seconds before a rejected message is visible again
+    poll_interval: float = 1.0  # --watch
+
+
+class Lease:
+    """Keeps a received message invisible while it is being processed (a heartbeat thread)."""
+
+    def __init__(self, queue: Any, message: Any, visibility_timeout: int) -> None:
+        self._queue = queue
+        self.message_id: str = message.id
+        self._receipt: str = message.pop_receipt
+        self._timeout = visibility_timeout
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.lost: str | None = None
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def renew(self, visibility_timeout: int | None = None, heartbeat: bool = False) -> None:
+        with self._lock:
+            if heartbeat and self._stop.is_set():
+                return  # deleted or released meanwhile: nothing left to renew
+            timeout = self._timeout if visibility_timeout is None else visibility_timeout
+            updated = self._queue.update_message(
+                self.message_id, pop_receipt=self._receipt, visibility_timeout=timeout
+            )
+            self._receipt = updated.pop_receipt
+
+    def _run(self) -> None:
+        interval = max(0.5, self._timeout / 3)
+        while not self._stop.wait(interval):
+            try:
+                self.renew(heartbeat=True)
+            except Exception as e:  # noqa: BLE001 - classified below
+                if is_transient(e):
+                    log.warning("lease: renewal failed, will retry: %s", e)
+                    continue
+                self.lost = f"the request message can no longer be renewed: {e}"
+                log.error("lease lost: %s", self.lost)
+                return
+
+    def check(self) -> None:
+        if self.lost:
+            raise LeaseLost(self.lost)
+
+    def delete(self) -> None:
+        self._stop.set()
+        with self._lock:
+            try:
+                self._queue.delete_message(self.message_id, pop_receipt=self._receipt)
+            except ResourceNotFoundError:
+                log.warning("message %s was already gone when deleting it", self.message_id)
+
+    def release(self, delay: int = 0) -> None:
+        """Make the message visible again after ``delay`` seconds (default: now)."""
+        self._stop.set()
+        try:
+            self.renew(visibility_timeout=delay)
+        except Exception as e:  # noqa: BLE001 - it reappears after its timeout anyway
+            log.warning("could not release message %s: %s", self.message_id, e)
+
+
+class Worker:
+    """Consumes ``training-requests``; ``run_once`` is one Container Apps Job execution."""
+
+    def __init__(self, storage: Storage, job_options: Any, options: WorkerOptions) -> None:
+        self.storage = storage
+        self.job_options = job_options
+        self.options = options
+        # raw text client: base64 is decoded here, leniently (see decode_body)
+        self.requests = storage.queues.get_queue_client(options.queue)
+        self.poison = storage.queues.get_queue_client(options.queue + names.POISON_SUFFIX)
+        self.events = storage.queue(options.events_queue)
+        self.registry = Registry(storage)
+        self.label_store = LabelStore(storage)
+        self.stop = threading.Event()
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run_once(self) -> Outcome | None:
+        """Receive one message and handle it; None when the queue is empty."""
+        message = self.requests.receive_message(visibility_timeout=self.options.visibility_timeout)
+        if message is None:
+            return None
+        outcome = self.handle(message)
+        log.info("message %s: %s", message.id, outcome)
+        return outcome
+
+    def watch(self) -> None:
+        """The local worker: poll until asked to stop; survive anything but a stop."""
+        log.info("watching queue %s (poll every %.1fs)", self.options.queue,
+                 self.options.poll_interval)
+        pause = self.options.poll_interval
+        while not self.stop.is_set():
+            try:
+                outcome = self.run_once()
+                pause = self.options.poll_interval
+            except Exception as e:  # noqa: BLE001 - the worker outlives one bad attempt
+                log.error("training worker: %s: %s", type(e).__name__, e,
+                          exc_info=not is_transient(e))
+                outcome, pause = None, min(30.0, max(pause * 2, 1.0))
+            if outcome is None:
+                self.stop.wait(pause)
+        log.info("training worker stopped")
+
+    # --- one message ---------------------------------------------------------------------------
+    def handle(self, message: Any) -> Outcome:
+        body = decode_body(message.content)
+        count = int(message.dequeue_count or 1)
+        limit = self.options.max_dequeue_count
+        if count > limit:
+            return self._poison(message, body, f"dequeued {count} times (max {limit}); "
+                                "every earlier attempt died without finishing")
+        try:
+            request = TrainingRequest.from_json(body)
+            project = self._project(request)
+        except BadMessage as e:
+            return self._reject(message, body, str(e))
+
+        iteration = self.registry.create_iteration(
+            project.id,
+            iteration_id=request.iteration_id,
+            training_type=request.training_type,
+            reserved_budget_in_hours=request.reserved_budget_in_hours,
+            selected_tags=request.selected_tags,
+            classification_type=project.classification_type,
+        )
+        if iteration.status != IterationStatus.TRAINING:
+            log.info("iteration %s is already %s: re-sending its event, dropping the duplicate",
+                     iteration.id, iteration.status)
+            self._event(project.id, iteration.id, iteration.status == IterationStatus.COMPLETED)
+            self.requests.delete_message(message.id, pop_receipt=message.pop_receipt)
+            return Outcome.DUPLICATE
+
+        log.info("training iteration %s of project %s (%s, attempt %d)", iteration.id,
+                 project.name, request.training_type, count)
+        from training_job.pipeline import train_iteration  # onnx, matplotlib: once there is work
+
+        with Lease(self.requests, message, self.options.visibility_timeout) as lease:
+            try:
+                train_iteration(
+                    self.storage, project, iteration, request, self.job_options,
+                    check_lease=lease.check,
+                    should_stop=lambda: self.stop.is_set() or lease.lost is not None,
+                )
+            except LeaseLost as e:
+                log.error("iteration %s: %s; leaving it to the execution that owns it now",
+                          iteration.id, e)
+                return Outcome.LEASE_LOST
+            except Exception as e:  # noqa: BLE001 - sorted below
+                from training_job.train import Interrupted
+
+                if isinstance(e, Interrupted):
+                    if lease.lost:
+                        log.error("iteration %s: %s", iteration.id, lease.lost)
+                        return Outcome.LEASE_LOST
+                    log.warning("iteration %s interrupted; the request goes back to the queue",
+                                iteration.id)
+                    lease.release(0)
+                    return Outcome.RELEASED
+                if is_transient(e) and count < limit:
+                    log.warning("iteration %s: transient error, retrying in %ds: %s",
+                                iteration.id, self.options.retry_delay, e)
+                    lease.release(self.options.retry_delay)
+                    return Outcome.RETRY
+                reason = self._reason(e)
+                log.error("iteration %s Failed: %s", iteration.id, reason,
+                          exc_info=not self._expected(e))
+                self._fail(project.id, iteration.id, reason)
+                lease.delete()
+                return Outcome.FAILED
+            self._event(project.id, iteration.id, completed=True)
+            lease.delete()
+            return Outcome.COMPLETED
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _project(self, request: TrainingRequest) -> Project:
+        if request.project_id:
+            project = self.label_store.get_project(request.project_id)
+        else:
+            assert request.project_name
+            project = self.label_store.find_project(request.project_name)
+        if project is None:
+            raise BadMessage(f"unknown project {request.project_id or request.project_name!r}")
+        return project
+
+    @staticmethod
+    def _expected(e: BaseException) -> bool:
+        from training_job.dataset import DatasetError
+        from training_job.export import ExportError
+
+        return isinstance(e, DatasetError | ExportError)
+
+    def _reason(self, e: BaseException) -> str:
+        text = str(e) if self._expected(e) else f"{type(e).__name__}: {e}"
+        return text[:_MAX_REASON]
+
+    def _event(self, project_id: str, iteration_id: str, completed: bool) -> None:
+        status = TRAINING_COMPLETED if completed else TRAINING_FAILED
+        self.events.send_message(TrainingEvent(project_id, iteration_id, status).to_json().encode())
+
+    def _fail(self, project_id: str, iteration_id: str, reason: str) -> None:
+        """Record Failed, drop whatever an earlier attempt uploaded, and say so on the events
+        queue: a Failed iteration never has a model that something could serve."""
+        models = self.storage.container(names.MODELS)
+        for blob in models.list_blobs(name_starts_with=f"{project_id}/{iteration_id}/"):
+            with suppress(ResourceNotFoundError):
+                models.delete_blob(blob.name)
+        self.registry.update_iteration(
+            project_id, iteration_id, status=str(IterationStatus.FAILED), failureReason=reason,
+            progress={"phase": "failed", "epoch": 0, "epochs": 0, "trainLoss": None,
+                      "valMetric": None},
+        )
+        self._event(project_id, iteration_id, completed=False)
+
+    def _reject(self, message: Any, body: str, reason: str) -> Outcome:
+        count, limit = int(message.dequeue_count or 1), self.options.max_dequeue_count
+        log.warning("rejected training request %s (attempt %d of %d): %s; body: %.200s",
+                    message.id, count, limit, reason, body)
+        if count >= limit:
+            return self._poison(message, body, reason)
+        self.requests.update_message(message.id, pop_receipt=message.pop_receipt,
+                                     visibility_timeout=self.options.retry_delay)
+        return Outcome.REJECTED
+
+    def _poison(self, message: Any, body: str, reason: str) -> Outcome:
+        """Park the message, unchanged, in ``{queue}-poison``; fail its iteration if it has one."""
+        try:
+            self.poison.send_message(message.content)
+        except ResourceNotFoundError:
+            with suppress(ResourceExistsError):
+                self.poison.create_queue()
+            self.poison.send_message(message.content)
+        log.error("moved training request %s to %s: %s", message.id,
+                  self.options.queue + names.POISON_SUFFIX, reason)
+        try:
+            request = TrainingRequest.from_json(body)
+            project = self._project(request)
+        except BadMessage:
+            request, project = None, None
+        if request is not None and project is not None and request.iteration_id:
+            iteration = self.registry.get_iteration(project.id, request.iteration_id)
+            if iteration is not None and iteration.status == IterationStatus.TRAINING:
+                self._fail(project.id, iteration.id, f"gave up on the request: {reason}")
+        self.requests.delete_message(message.id, pop_receipt=message.pop_receipt)
+        return Outcome.POISONED

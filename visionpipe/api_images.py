@@ -1,0 +1,404 @@
+"""Training API: images -- uploads in batches with per-image status, queries, tags, deletes.
+
+Uploads land in the same store as the drop folder (DESIGN §2): the bytes in ``training-images``
+at ``{project name}/{first tag name or _untagged}/{image id}.{ext}`` and a record in the
+``images`` table whose ``blobPaths`` the training job reads. The record is written before the
+blob, so the ingest function, when Event Grid reports the blob, finds the image already labelled
+(a duplicate; nothing changes for a tagged image). Blobs carry the metadata
+``visionpipe_source=api`` to say where they came from.
+
+Per-image statuses are Custom Vision's ``ImageCreateStatus``; a batch answers 200 when every image
+is OK or OKDuplicate and 207 otherwise, as the service does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from visionpipe import api_errors, api_models, names
+from visionpipe.api_errors import ApiError
+from visionpipe.api_models import REASON_STATUS, ImageCreateResult, ImageStatus
+from visionpipe.api_projects import require_project
+from visionpipe.ingest import API_UPLOAD_MARKER
+from visionpipe.label_store import (
+    AddStatus,
+    ImageFacts,
+    ImageRecord,
+    LabelStore,
+    Project,
+    Tag,
+    image_id,
+)
+from visionpipe.rejections import Reason, Rejected, Rejection
+from visionpipe.settings import ImageLimits
+from visionpipe.storage import Storage
+
+MAX_BATCH = 64  # images per upload batch (the service's limit)
+MAX_TAGS_PER_IMAGE = 20  # the SDK's max_items for tagIds
+MAX_IDS = 256  # ids per get-by-ids / delete call (the SDK's max_items)
+MAX_TAKE = 256
+MAX_TAG_ENTRIES = 256
+URL_FETCH_TIMEOUT_S = 10.0
+UPLOAD_WORKERS = 4
+UNTAGGED_FOLDER = "_untagged"
+SOURCE_METADATA = dict([API_UPLOAD_MARKER])
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "GIF": "gif"}
+_CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "GIF": "image/gif"}
+
+
+def image_batch_error(count: int) -> ApiError:
+    return api_errors.bad_request(
+        "BadRequestImageBatch",
+        f"The batch has {count} images; a batch holds 1 to {MAX_BATCH}",
+    )
+
+
+def image_not_found() -> ApiError:
+    return ApiError(404, "NotFoundImage", "Invalid image")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the image operations need; ``image_uri(project_id, image_id)`` builds the URIs."""
+
+    storage: Storage
+    store: LabelStore
+    limits: ImageLimits
+    image_uri: Callable[[str, str], str | None] = lambda _p, _i: None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image of a batch: its bytes, or why they could not be had."""
+
+    data: bytes | None
+    tag_ids: tuple[str, ...] = ()
+    source_url: str | None = None
+    error: ImageStatus | None = None
+    detail: str = ""
+
+
+def blob_path(project: Project, tag: Tag | None, image_id: str, fmt: str) -> str:
+    folder = tag.name if tag is not None else UNTAGGED_FOLDER
+    return f"{project.name}/{folder}/{image_id}.{_EXTENSIONS.get(fmt, 'img')}"
+
+
+def _image_dict(ctx: Context, record: ImageRecord, tags: dict[str, Tag]) -> dict[str, Any]:
+    return api_models.image_to_dict(record, tags, ctx.image_uri(record.project_id, record.id))
+
+
+def _tag_ids(*lists: Iterable[str] | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t.strip().lower() for ids in lists for t in ids or () if t))
+
+
+# --- uploads ------------------------------------------------------------------------------------
+def create_images(ctx: Context, project_id: str, uploads: Sequence[Upload]) -> tuple[dict, int]:
+    """Validate and record a batch; ``(ImageCreateSummary, 200 | 207)``."""
+    project = require_project(ctx.store, project_id)
+    if not 0 < len(uploads) <= MAX_BATCH:
+        raise image_batch_error(len(uploads))
+    tags = {t.id: t for t in ctx.store.list_tags(project_id)}
+    # A few at a time: validation releases the GIL in Pillow, storage calls wait on the network.
+    with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(uploads))) as pool:
+        results = list(pool.map(lambda u: _create_one(ctx, project, tags, u), uploads))
+    return api_models.summary(results)
+
+
+def _create_one(ctx: Context, project: Project, tags: dict[str, Tag],
+                upload: Upload) -> ImageCreateResult:
+    def fail(status: ImageStatus, detail: str) -> ImageCreateResult:
+        return ImageCreateResult(status, source_url=upload.source_url, reason=detail)
+
+    if upload.error is not None or upload.data is None:
+        return fail(upload.error or ImageStatus.ERROR_SOURCE, upload.detail)
+    tag_ids = _tag_ids(upload.tag_ids)
+    if len(tag_ids) > MAX_TAGS_PER_IMAGE:
+        return fail(ImageStatus.ERROR_TAG_LIMIT_EXCEED, f"over {MAX_TAGS_PER_IMAGE} tags")
+    unknown = [t for t in tag_ids if t not in tags]
+    if unknown:
+        return fail(ImageStatus.ERROR_INVALID_TAG, f"unknown tag ids {unknown}")
+
+    from visionpipe.validation import validate_image
+
+    checked = validate_image(upload.data, ctx.limits)
+    if isinstance(checked, Rejection):
+        return fail(REASON_STATUS.get(checked.reason, ImageStatus.ERROR_UNKNOWN),
+                    f"{checked.reason}: {checked.message}")
+    facts = ImageFacts(checked.sha256, checked.width, checked.height, checked.format,
+                       checked.size_bytes)
+    path = blob_path(project, tags[tag_ids[0]] if tag_ids else None,
+                     image_id(checked.sha256), checked.format)
+    try:
+        added = ctx.store.create_image(project, tag_ids, facts, path)
+    except Rejected as e:
+        return fail(REASON_STATUS.get(e.rejection.reason, ImageStatus.ERROR_UNKNOWN),
+                    f"{e.rejection.reason}: {e.rejection.message}")
+    if added.status == AddStatus.DUPLICATE:
+        return ImageCreateResult(ImageStatus.OK_DUPLICATE, _image_dict(ctx, added.image, tags),
+                                 upload.source_url)
+    from azure.storage.blob import ContentSettings
+
+    try:
+        ctx.storage.container(names.TRAINING_IMAGES).upload_blob(
+            path, upload.data, overwrite=True, metadata=SOURCE_METADATA,
+            content_settings=ContentSettings(content_type=_CONTENT_TYPES[checked.format]),
+        )
+    except Exception as e:  # noqa: BLE001 - one image's storage failure must not fail the batch
+        ctx.store.delete_image(project.id, checked.sha256)
+        return fail(ImageStatus.ERROR_STORAGE, f"{type(e).__name__}: {e}")
+    return ImageCreateResult(ImageStatus.OK, _image_dict(ctx, added.image, tags),
+                             upload.source_url)
+
+
+def uploads_from_body(body: bytes, content_type: str | None,
+                      tag_ids: Sequence[str]) -> list[Upload]:
+    """``images`` (create from data): every part of a multipart body, or a raw body."""
+    from visionpipe.multipart import BadBody, _params, parse_multipart
+
+    media = _params(content_type or "")[0]
+    if media == "multipart/form-data":
+        try:
+            parts = parse_multipart(body, content_type or "")
+        except BadBody as e:
+            raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
+        return [Upload(p.data, tuple(tag_ids)) for p in parts]
+    if not body:
+        raise api_errors.image_stream_missing()
+    return [Upload(body, tuple(tag_ids))]
+
+
+def _entries(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    images = batch.get("images")
+    if not isinstance(images, list) or not all(isinstance(e, dict) for e in images):
+        raise api_errors.bad_request("BadRequestImageBatch", "images must be a list of objects")
+    if not 0 < len(images) <= MAX_BATCH:
+        raise image_batch_error(len(images))
+    return images
+
+
+def uploads_from_files(batch: dict[str, Any]) -> list[Upload]:
+    """``ImageFileCreateBatch``: ``contents`` is base64 (msrest serialises bytearray so)."""
+    uploads = []
+    for entry in _entries(batch):
+        tags = _tag_ids(batch.get("tagIds"), entry.get("tagIds"))
+        try:
+            data = base64.b64decode(entry.get("contents") or "", validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            uploads.append(Upload(None, tags, error=ImageStatus.ERROR_IMAGE_FORMAT,
+                                  detail="contents is not base64"))
+            continue
+        uploads.append(Upload(data, tags))
+    return uploads
+
+
+def uploads_from_urls(batch: dict[str, Any], max_bytes: int) -> list[Upload]:
+    """``ImageUrlCreateBatch``: fetched in parallel, each within the size and time limits."""
+    from visionpipe.url_fetch import FetchError, fetch
+
+    entries = _entries(batch)
+
+    def one(entry: dict[str, Any]) -> Upload:
+        url = str(entry.get("url") or "")
+        tags = _tag_ids(batch.get("tagIds"), entry.get("tagIds"))
+        try:
+            return Upload(fetch(url, max_bytes, URL_FETCH_TIMEOUT_S), tags, url)
+        except FetchError as e:
+            return Upload(None, tags, url, ImageStatus.ERROR_SOURCE, str(e))
+
+    with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
+        return list(pool.map(one, entries))
+
+
+def uploads_from_predictions(ctx: Context, project_id: str,
+                             batch: dict[str, Any]) -> list[Upload]:
+    """``ImageIdCreateBatch``: ids of stored predictions whose image was kept in storage."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from visionpipe.prediction_store import PredictionStore
+
+    predictions = PredictionStore(ctx.storage)
+    uploads = []
+    for entry in _entries(batch):
+        tags = _tag_ids(batch.get("tagIds"), entry.get("tagIds"))
+        stored = predictions.get(project_id, str(entry.get("id") or ""))
+        if stored is None or "/" not in stored.blob_path:
+            uploads.append(Upload(None, tags, error=ImageStatus.ERROR_SOURCE,
+                                  detail="no stored prediction with a kept image"))
+            continue
+        container, _, path = stored.blob_path.partition("/")
+        try:
+            data = ctx.storage.container(container).download_blob(path).readall()
+        except ResourceNotFoundError:
+            uploads.append(Upload(None, tags, error=ImageStatus.ERROR_SOURCE,
+                                  detail="the predicted image is gone"))
+            continue
+        uploads.append(Upload(data, tags))
+    return uploads
+
+
+# --- queries ------------------------------------------------------------------------------------
+def _select(ctx: Context, project_id: str, tagged: bool | None,
+            tag_ids: Sequence[str] = ()) -> list[ImageRecord]:
+    require_project(ctx.store, project_id)
+    wanted = set(_tag_ids(tag_ids))
+    out = []
+    for record in ctx.store.iter_images(project_id):
+        if tagged is True and not record.tag_ids:
+            continue
+        if tagged is False and record.tag_ids:
+            continue
+        if wanted and not wanted.intersection(record.tag_ids):
+            continue
+        out.append(record)
+    return out
+
+
+def list_images(ctx: Context, project_id: str, tagged: bool | None,
+                tag_ids: Sequence[str] = (), order_by: str | None = None, take: int = 50,
+                skip: int = 0) -> list[dict[str, Any]]:
+    """Tagged / untagged / all images, newest first unless ``orderBy=Oldest``."""
+    if len(tag_ids) > MAX_TAGS_PER_IMAGE:
+        raise api_errors.bad_request("BadRequest", f"at most {MAX_TAGS_PER_IMAGE} tag ids")
+    records = _select(ctx, project_id, tagged, tag_ids)
+    oldest = (order_by or "Newest").lower() == "oldest"
+    records.sort(key=lambda r: (r.created, r.sha256), reverse=not oldest)
+    tags = {t.id: t for t in ctx.store.list_tags(project_id)}
+    return [_image_dict(ctx, r, tags) for r in records[skip:skip + take]]
+
+
+def count_images(ctx: Context, project_id: str, tagged: bool | None,
+                 tag_ids: Sequence[str] = ()) -> int:
+    return len(_select(ctx, project_id, tagged, tag_ids))
+
+
+def tagging_status(value: str | None) -> bool | None:
+    """``taggingStatus`` of get_images / get_image_count: All | Tagged | Untagged."""
+    v = (value or "All").lower()
+    if v not in ("all", "tagged", "untagged"):
+        raise api_errors.bad_request("BadRequest", f"Unknown taggingStatus {value!r}")
+    return None if v == "all" else v == "tagged"
+
+
+def get_images_by_ids(ctx: Context, project_id: str, image_ids: Sequence[str]
+                      ) -> list[dict[str, Any]]:
+    require_project(ctx.store, project_id)
+    if len(image_ids) > MAX_IDS:
+        raise api_errors.bad_request("BadRequestExceededBatchSize", f"at most {MAX_IDS} ids")
+    tags = {t.id: t for t in ctx.store.list_tags(project_id)}
+    found = (ctx.store.find_image(project_id, i) for i in dict.fromkeys(image_ids))
+    return [_image_dict(ctx, r, tags) for r in found if r is not None]
+
+
+def original_image(ctx: Context, project_id: str, image_id: str) -> tuple[bytes, str]:
+    """The stored bytes of an image and their content type (the ``originalImageUri``)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    require_project(ctx.store, project_id)
+    record = ctx.store.find_image(project_id, image_id)
+    if record is None:
+        raise image_not_found()
+    container = ctx.storage.container(names.TRAINING_IMAGES)
+    for path in record.blob_paths:
+        try:
+            return container.download_blob(path).readall(), _CONTENT_TYPES.get(
+                record.format, "application/octet-stream")
+        except ResourceNotFoundError:
+            continue
+    raise image_not_found()
+
+
+# --- image tags and deletes ---------------------------------------------------------------------
+def create_image_tags(ctx: Context, project_id: str, batch: dict[str, Any]) -> dict[str, Any]:
+    """``ImageTagCreateBatch`` -> ``ImageTagCreateSummary`` (created / duplicated / exceeded).
+
+    "Exceeded" holds what would break a limit: a second tag on a multiclass image, or more than
+    ``MAX_TAGS_PER_IMAGE`` tags.
+    """
+    project = require_project(ctx.store, project_id)
+    entries = batch.get("tags")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise api_errors.bad_request("BadRequestImageTags", "tags must be a list of objects")
+    if len(entries) > MAX_TAG_ENTRIES:
+        raise api_errors.bad_request("BadRequestExceededBatchSize",
+                                     f"at most {MAX_TAG_ENTRIES} entries")
+    tags = {t.id for t in ctx.store.list_tags(project_id)}
+    pairs = [(str(e.get("imageId") or "").lower(), str(e.get("tagId") or "").lower())
+             for e in entries]
+    records: dict[str, ImageRecord] = {}
+    for image_id_, tag_id in pairs:
+        if tag_id not in tags:
+            raise api_errors.bad_request("BadRequestImageTags", f"Unknown tag {tag_id}")
+        if image_id_ not in records:
+            record = ctx.store.find_image(project_id, image_id_)
+            if record is None:
+                raise api_errors.bad_request("BadRequestImageTags", f"Unknown image {image_id_}")
+            records[image_id_] = record
+    created, duplicated, exceeded = [], [], []
+    for image_id_, tag_id in dict.fromkeys(pairs):
+        record = records[image_id_]
+        current = ctx.store.get_image(project_id, record.sha256)
+        if current is not None and tag_id not in current.tag_ids and (
+                len(current.tag_ids) >= MAX_TAGS_PER_IMAGE):
+            exceeded.append((image_id_, tag_id))
+            continue
+        try:
+            status = ctx.store.add_image_tag(project, record.sha256, tag_id)
+        except Rejected as e:
+            if e.rejection.reason != Reason.CONFLICTING_TAG:
+                raise
+            exceeded.append((image_id_, tag_id))
+            continue
+        if status is None:
+            raise api_errors.bad_request("BadRequestImageTags", f"Unknown image {image_id_}")
+        (created if status == AddStatus.TAG_ADDED else duplicated).append((image_id_, tag_id))
+    return {
+        "created": api_models.tag_entries(created),
+        "duplicated": api_models.tag_entries(duplicated),
+        "exceeded": api_models.tag_entries(exceeded),
+    }
+
+
+def delete_image_tags(ctx: Context, project_id: str, image_ids: Sequence[str],
+                      tag_ids: Sequence[str]) -> None:
+    require_project(ctx.store, project_id)
+    if not image_ids or not tag_ids:
+        raise api_errors.bad_request("BadRequest", "imageIds and tagIds are required")
+    if len(image_ids) > MAX_BATCH or len(tag_ids) > MAX_TAGS_PER_IMAGE:
+        raise api_errors.bad_request("BadRequestExceededBatchSize",
+                                     f"at most {MAX_BATCH} images and "
+                                     f"{MAX_TAGS_PER_IMAGE} tags")
+    remove = set(_tag_ids(tag_ids))
+    for image_id_ in image_ids:
+        record = ctx.store.find_image(project_id, image_id_)
+        if record is not None:
+            ctx.store.remove_image_tags(project_id, record.sha256, remove)
+
+
+def delete_images(ctx: Context, project_id: str, image_ids: Sequence[str],
+                  all_images: bool = False) -> None:
+    """Delete records and their blobs; unknown ids are ignored, as the service does."""
+    from contextlib import suppress
+
+    from azure.core.exceptions import ResourceNotFoundError
+
+    require_project(ctx.store, project_id)
+    if len(image_ids) > MAX_IDS:
+        raise api_errors.bad_request("BadRequestExceededBatchSize", f"at most {MAX_IDS} ids")
+    if all_images:
+        records = list(ctx.store.iter_images(project_id))
+    else:
+        if not image_ids:
+            raise api_errors.bad_request("BadRequest", "imageIds or allImages=true is required")
+        found = (ctx.store.find_image(project_id, i) for i in dict.fromkeys(image_ids))
+        records = [r for r in found if r is not None]
+    container = ctx.storage.container(names.TRAINING_IMAGES)
+    for record in records:
+        ctx.store.delete_image(project_id, record.sha256)
+        for path in record.blob_paths:
+            with suppress(ResourceNotFoundError):
+                container.delete_blob(path)

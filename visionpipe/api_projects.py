@@ -1,0 +1,352 @@
+"""Training API: projects, domains and tags (Custom Vision v3.3 / v3.4-preview semantics).
+
+Each function takes typed values, does the work through the label store, and returns the JSON
+body the service returns, or raises :class:`~visionpipe.api_errors.ApiError` with the service's
+error code. HTTP triggers in ``functions/`` only adapt requests to these calls.
+
+Names: the service allows two projects (or two tags of one project) with the same name; visionpipe
+does not, because drop folders address projects and tags by name (DESIGN §2). A taken name is a
+400 ``BadRequestProjectNameNotUnique`` / ``BadRequestTagNameNotUnique``, codes the service has.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+from visionpipe import api_errors, api_models, domains
+from visionpipe.api_errors import ApiError
+from visionpipe.label_store import (
+    CLASSIFICATION_TYPES,
+    GENERAL_DOMAIN_ID,
+    LabelStore,
+    NameTaken,
+    Project,
+    Tag,
+)
+from visionpipe.quarantine import is_safe_blob_path
+from visionpipe.registry import Registry
+from visionpipe.storage import Storage
+
+MAX_NAME_LENGTH = 256  # as the drop folder (visionpipe.ingest)
+MAX_DESCRIPTION_LENGTH = 4096
+
+
+# --- errors the service answers with (api_errors has the shared ones) -------------------------
+def domain_not_found() -> ApiError:
+    return ApiError(404, "NotFoundDomain", "Invalid domain")
+
+
+def tag_not_found() -> ApiError:
+    return ApiError(404, "NotFoundTag", "Invalid tag")
+
+
+def project_has_published_iteration() -> ApiError:
+    return api_errors.bad_request(
+        "BadRequestIterationIsPublished",
+        "Cannot delete a project with a published iteration; unpublish it first",
+    )
+
+
+def _check_name(name: str | None, code: str, kind: str) -> str:
+    """A name that also works as a drop-folder path segment (DESIGN §2)."""
+    if name is None or not name.strip():
+        raise api_errors.bad_request(code, f"The {kind} name is required")
+    if name != name.strip():
+        raise api_errors.bad_request(code, f"The {kind} name must not start or end with spaces")
+    if len(name) > MAX_NAME_LENGTH:
+        raise api_errors.bad_request(code, f"The {kind} name is over {MAX_NAME_LENGTH} characters")
+    if "/" in name or not is_safe_blob_path(name):
+        raise api_errors.bad_request(
+            code, f"The {kind} name {name!r} cannot be a folder name ('/', '\\\\', '.', '..' or a "
+                  "control character)")
+    return name
+
+
+def _check_description(description: str | None, code: str) -> str:
+    description = description or ""
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise api_errors.bad_request(code, "The description is too long")
+    return description
+
+
+def _classification(value: str | None) -> str:
+    if value is None or value == "":
+        return CLASSIFICATION_TYPES[0]
+    for known in CLASSIFICATION_TYPES:
+        if value.lower() == known.lower():
+            return known
+    raise api_errors.bad_request("BadRequestProjectUnknownClassification",
+                                 f"Unknown classification type {value!r}")
+
+
+def _domain(value: str | None) -> str:
+    if value is None or value == "":
+        return GENERAL_DOMAIN_ID
+    domain = domains.get_domain(value)
+    if domain is None:
+        raise api_errors.bad_request("BadRequestProjectUnknownDomain",
+                                     f"Unknown domain {value!r} (see GET domains)")
+    return domain.id
+
+
+def require_project(store: LabelStore, project_id: str) -> Project:
+    project = store.get_project(project_id)
+    if project is None:
+        raise api_errors.project_not_found()
+    return project
+
+
+def require_tag(store: LabelStore, project_id: str, tag_id: str) -> Tag:
+    tag = store.get_tag(project_id, tag_id)
+    if tag is None:
+        raise tag_not_found()
+    return tag
+
+
+# --- domains ------------------------------------------------------------------------------------
+def list_domains() -> list[dict[str, Any]]:
+    return [d.to_dict() for d in domains.DOMAINS]
+
+
+def get_domain(domain_id: str) -> dict[str, Any]:
+    domain = domains.get_domain(domain_id)
+    if domain is None:
+        raise domain_not_found()
+    return domain.to_dict()
+
+
+# --- projects -----------------------------------------------------------------------------------
+def create_project(
+    store: LabelStore, name: str | None, description: str | None = None,
+    domain_id: str | None = None, classification_type: str | None = None,
+    target_export_platforms: list[str] | None = None,
+) -> dict[str, Any]:
+    checked = _check_name(name, "BadRequestProjectName", "project")
+    unknown = [p for p in target_export_platforms or [] if p.upper() != "ONNX"]
+    if unknown:
+        raise api_errors.bad_request("BadRequestProjectUnsupportedExportPlatform",
+                                     f"visionpipe exports ONNX only, not {', '.join(unknown)}")
+    try:
+        project = store.create_project_unique(
+            checked, _classification(classification_type), _domain(domain_id),
+            _check_description(description, "BadRequestProjectDescription"),
+        )
+    except NameTaken as e:
+        raise api_errors.bad_request("BadRequestProjectNameNotUnique", str(e)) from e
+    return api_models.project_to_dict(project)
+
+
+def get_project(store: LabelStore, project_id: str) -> dict[str, Any]:
+    return api_models.project_to_dict(require_project(store, project_id))
+
+
+def list_projects(store: LabelStore) -> list[dict[str, Any]]:
+    return [api_models.project_to_dict(p) for p in store.list_projects()]
+
+
+def update_project(store: LabelStore, project_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """PATCH with a ``Project`` body: name, description, settings.domainId/classificationType.
+
+    Multilabel -> Multiclass is refused while an image carries more than one tag, since a
+    multiclass image has exactly one (the label store's invariant).
+    """
+    project = require_project(store, project_id)
+    name = body.get("name")
+    if name is not None:
+        _check_name(name, "BadRequestProjectName", "project")
+    settings = body.get("settings") or {}
+    classification = (_classification(settings["classificationType"])
+                      if settings.get("classificationType") else None)
+    domain_id = _domain(settings["domainId"]) if settings.get("domainId") else None
+    if classification == "Multiclass" and project.multilabel and any(
+            len(i.tag_ids) > 1 for i in store.iter_images(project_id)):
+        raise api_errors.bad_request(
+            "BadRequestNotSupported",
+            "Some images carry more than one tag: a Multiclass project allows one per image")
+    description = body.get("description")
+    if description is not None:
+        _check_description(description, "BadRequestProjectDescription")
+    try:
+        updated = store.update_project(project_id, name=name, description=description,
+                                       classification_type=classification, domain_id=domain_id)
+    except NameTaken as e:
+        raise api_errors.bad_request("BadRequestProjectNameNotUnique", str(e)) from e
+    if updated is None:
+        raise api_errors.project_not_found()
+    return api_models.project_to_dict(updated)
+
+
+def delete_project(storage: Storage, store: LabelStore, registry: Registry,
+                   project_id: str) -> None:
+    """Delete a project with its tags, images (records and blobs) and iterations.
+
+    Refused while an iteration is published, as the service does: prediction clients may still
+    be using it.
+    """
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from visionpipe import names
+
+    require_project(store, project_id)
+    pubs = registry.publications(project_id)
+    if pubs is not None and pubs.by_name:
+        raise project_has_published_iteration()
+    images = storage.container(names.TRAINING_IMAGES)
+    for record in store.iter_images(project_id):
+        for path in record.blob_paths:
+            with suppress(ResourceNotFoundError):
+                images.delete_blob(path)
+    for iteration in registry.list_iterations(project_id):
+        with suppress(ResourceNotFoundError):
+            registry.delete_iteration(project_id, iteration.id)
+    store.delete_project(project_id)
+
+
+# --- tags ---------------------------------------------------------------------------------------
+def image_counts(store: LabelStore, project_id: str) -> Counter[str]:
+    """Images per tag id (one pass over the project's images)."""
+    counts: Counter[str] = Counter()
+    for record in store.iter_images(project_id):
+        counts.update(record.tag_ids)
+    return counts
+
+
+def create_tag(store: LabelStore, project_id: str, name: str | None,
+               description: str | None = None, tag_type: str | None = None) -> dict[str, Any]:
+    require_project(store, project_id)
+    checked = _check_name(name, "BadRequestTagName", "tag")
+    if tag_type not in (None, "", api_models.REGULAR_TAG):
+        code = "BadRequestTagType"
+        if tag_type in api_models.TAG_TYPES:
+            raise api_errors.bad_request(code, f"visionpipe supports Regular tags only, not "
+                                               f"{tag_type}")
+        raise api_errors.bad_request(code, f"Unknown tag type {tag_type!r}")
+    try:
+        tag = store.create_tag(project_id, checked,
+                               _check_description(description, "BadRequestTagDescription"))
+    except NameTaken as e:
+        raise api_errors.bad_request("BadRequestTagNameNotUnique", str(e)) from e
+    return api_models.tag_to_dict(tag, 0)
+
+
+def get_tag(store: LabelStore, project_id: str, tag_id: str) -> dict[str, Any]:
+    require_project(store, project_id)
+    tag = require_tag(store, project_id, tag_id)
+    return api_models.tag_to_dict(tag, image_counts(store, project_id)[tag.id])
+
+
+def list_tags(store: LabelStore, project_id: str) -> list[dict[str, Any]]:
+    require_project(store, project_id)
+    counts = image_counts(store, project_id)
+    return [api_models.tag_to_dict(t, counts[t.id]) for t in store.list_tags(project_id)]
+
+
+def update_tag(store: LabelStore, project_id: str, tag_id: str,
+               body: Mapping[str, Any]) -> dict[str, Any]:
+    require_project(store, project_id)
+    require_tag(store, project_id, tag_id)
+    name = body.get("name")
+    if name is not None:
+        _check_name(name, "BadRequestTagName", "tag")
+    description = body.get("description")
+    if description is not None:
+        _check_description(description, "BadRequestTagDescription")
+    if body.get("type") not in (None, api_models.REGULAR_TAG):
+        raise api_errors.bad_request("BadRequestTagType", "visionpipe supports Regular tags only")
+    try:
+        tag = store.update_tag(project_id, tag_id, name=name, description=description)
+    except NameTaken as e:
+        raise api_errors.bad_request("BadRequestTagNameNotUnique", str(e)) from e
+    if tag is None:
+        raise tag_not_found()
+    return api_models.tag_to_dict(tag, image_counts(store, project_id)[tag.id])
+
+
+def delete_tag(store: LabelStore, project_id: str, tag_id: str) -> None:
+    require_project(store, project_id)
+    if store.delete_tag(project_id, tag_id) is None:
+        raise tag_not_found()
+
+
+# --- HTTP plumbing shared by the training triggers (functions/*_api.py) --------------------------
+TRAINING_API_VERSIONS = ("v3.0", "v3.1", "v3.2", "v3.3", "v3.4-preview")
+
+
+def respond(req: Any, work: Any, status: int = 200) -> Any:
+    """Run ``work()`` for an HTTP request of the Training API and answer as the service does.
+
+    Checks the ``Training-Key`` (401) and the ``{apiVersion}`` route segment (404) first; an
+    :class:`ApiError` becomes its error body; a result becomes JSON with ``status`` (204: no body;
+    a ``(body, status)`` tuple overrides ``status``; ``bytes`` with a content type pass through).
+    """
+    import json
+
+    import azure.functions as func
+
+    from visionpipe.auth import check_training_key
+
+    denied = check_training_key(req.headers)
+    if denied is not None:
+        return api_errors.to_http_response(denied)
+    if req.route_params.get("apiVersion") not in TRAINING_API_VERSIONS:
+        return api_errors.to_http_response(api_errors.not_found())
+    try:
+        result = work()
+    except ApiError as e:
+        return api_errors.to_http_response(e)
+    if status == 204:
+        return func.HttpResponse(status_code=204)
+    if isinstance(result, RawBody):
+        return func.HttpResponse(result.data, status_code=status, mimetype=result.content_type)
+    if isinstance(result, tuple):
+        result, status = result
+    return func.HttpResponse(json.dumps(result), status_code=status,
+                             mimetype="application/json")
+
+
+class RawBody:
+    """Bytes to answer with as they are (an image), not as JSON."""
+
+    def __init__(self, data: bytes, content_type: str) -> None:
+        self.data = data
+        self.content_type = content_type
+
+
+def json_body(req: Any) -> dict[str, Any]:
+    """The request's JSON object body, or 400 ``BadRequest``."""
+    import json
+
+    raw = req.get_body() or b""
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError as e:
+        raise api_errors.bad_request("BadRequest", f"The body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise api_errors.bad_request("BadRequest", "The body must be a JSON object")
+    return body
+
+
+def id_list(value: str | None) -> list[str]:
+    """A comma-separated id list query parameter (``tagIds=a,b``), as the SDK sends it."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def int_param(params: Mapping[str, str], name: str, default: int,
+              low: int = 0, high: int | None = None) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise api_errors.bad_request("BadRequest", f"{name} must be an integer") from e
+    if value < low or (high is not None and value > high):
+        raise api_errors.bad_request("BadRequest", f"{name} must be in [{low}, {high}]")
+    return value
+
+
+def bool_param(params: Mapping[str, str], name: str) -> bool:
+    return (params.get(name) or "").strip().lower() == "true"

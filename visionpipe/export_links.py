@@ -1,0 +1,60 @@
+"""Signed, short-lived download links for exported models.
+
+Custom Vision's ``Export.downloadUri`` is a URL the SDK user fetches with a plain GET (no
+``Training-Key`` header), so the link carries its own proof: ``expires`` (Unix seconds) and
+``sig`` = hex HMAC-SHA256 over ``"{projectId}/{iterationId}/{expires}"`` keyed with the training
+key. Changing the training key revokes every link; a link is useless after it expires
+(``EXPORT_LINK_TTL_SECONDS``, one hour by default) and for any other iteration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from urllib.parse import urlencode
+
+SETTING_EXPORT_LINK_TTL = "EXPORT_LINK_TTL_SECONDS"
+DEFAULT_TTL_SECONDS = 3600
+
+
+def ttl_seconds() -> int:
+    try:
+        return max(1, int(os.environ.get(SETTING_EXPORT_LINK_TTL) or DEFAULT_TTL_SECONDS))
+    except ValueError:
+        return DEFAULT_TTL_SECONDS
+
+
+def _signature(key: str, project_id: str, iteration_id: str, expires: int) -> str:
+    message = f"{project_id}/{iteration_id}/{expires}".encode()
+    return hmac.new(key.encode("utf-8", "surrogateescape"), message, hashlib.sha256).hexdigest()
+
+
+def sign(key: str, project_id: str, iteration_id: str, *, now: float | None = None,
+         ttl: int | None = None) -> dict[str, str]:
+    """The query parameters that make a download link valid for ``ttl`` seconds."""
+    expires = int((time.time() if now is None else now) + (ttl or ttl_seconds()))
+    return {"expires": str(expires), "sig": _signature(key, project_id, iteration_id, expires)}
+
+
+def verify(key: str | None, project_id: str, iteration_id: str, expires: str | None,
+           sig: str | None, *, now: float | None = None) -> bool:
+    """True when ``sig`` was made with ``key`` for these ids and ``expires`` is in the future."""
+    if not key or not expires or not sig:
+        return False
+    try:
+        at = int(expires)
+    except ValueError:
+        return False
+    if at < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(_signature(key, project_id, iteration_id, at), sig)
+
+
+def download_url(base: str, api_version: str, project_id: str, iteration_id: str, key: str,
+                 *, now: float | None = None) -> str:
+    """``{base}/customvision/{v}/training/projects/{p}/iterations/{i}/export/download?...``."""
+    query = urlencode(sign(key, project_id, iteration_id, now=now))
+    return (f"{base.rstrip('/')}/customvision/{api_version}/training/projects/{project_id}/"
+            f"iterations/{iteration_id}/export/download?{query}")

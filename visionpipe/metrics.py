@@ -1,0 +1,174 @@
+"""Classification metrics at a probability threshold, in Custom Vision's terms; numpy only.
+
+The training job computes an iteration's metrics with these functions, and stores the raw test-set
+predictions beside them (``metrics.json``), so the Function app (which never imports torch) can
+recompute precision and recall at any threshold a client asks for, with the very same code.
+
+Conventions (one per tag, then overall):
+- a tag is *predicted* for an image when its probability is >= the threshold (multiclass and
+  multilabel alike, as Custom Vision reports them);
+- precision = TP / predicted (0.0 when nothing was predicted), recall = TP / actual (0.0 when the
+  tag has no test image);
+- average precision is the area under the step precision-recall curve (the non-interpolated
+  definition scikit-learn uses), threshold-free;
+- overall precision and recall pool the counts of all tags (micro average); overall average
+  precision is the mean over tags that have test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def _as_arrays(labels: Any, probabilities: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if p.ndim == 1:
+        p = p[:, None]
+    if y.shape != p.shape:
+        raise ValueError(f"labels {y.shape} and probabilities {p.shape} differ in shape")
+    return (y > 0.5).astype(np.float64), p
+
+
+def pr_curve(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall at every distinct score, highest score first.
+
+    Returns ``(precision, recall, thresholds)``; tied scores form one point, so the curve does not
+    depend on the order of tied images.
+    """
+    y = np.asarray(labels, dtype=np.float64).ravel() > 0.5
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.size == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
+    tp = np.cumsum(y)[last_of_run]
+    fp = (last_of_run + 1) - tp
+    positives = float(y.sum())
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / positives if positives else np.zeros_like(tp, dtype=np.float64)
+    return precision, recall, s[last_of_run]
+
+
+def average_precision(labels: Any, scores: Any) -> float:
+    """Area under the step precision-recall curve; 0.0 when there is no positive image."""
+    precision, recall, _ = pr_curve(labels, scores)
+    if recall.size == 0 or recall[-1] == 0:
+        return 0.0
+    steps = np.diff(np.r_[0.0, recall])
+    return float(np.sum(steps * precision))
+
+
+def metrics_at_threshold(
+    labels: Any,
+    probabilities: Any,
+    tag_ids: Sequence[str],
+    tag_names: Sequence[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    train_images: int = 0,
+) -> dict[str, Any]:
+    """Per-tag and overall precision, recall and AP for ``(N, T)`` 0/1 labels and probabilities.
+
+    Returns the iteration metrics shape shared by the manifest, the ``iterations`` row, metrics.json
+    and the API's performance route.
+    """
+    y, p = _as_arrays(labels, probabilities)
+    if y.shape[1] != len(tag_ids) or len(tag_ids) != len(tag_names):
+        raise ValueError(f"{y.shape[1]} columns but {len(tag_ids)} tag ids, {len(tag_names)} names")
+    predicted = p >= threshold
+    actual = y > 0.5
+    tp = (predicted & actual).sum(axis=0)
+    n_pred = predicted.sum(axis=0)
+    n_true = actual.sum(axis=0)
+    per_tag = []
+    aps = []
+    for j, (tag_id, name) in enumerate(zip(tag_ids, tag_names, strict=True)):
+        ap = average_precision(y[:, j], p[:, j])
+        if n_true[j]:
+            aps.append(ap)
+        per_tag.append(
+            {
+                "id": tag_id,
+                "name": name,
+                "precision": float(tp[j] / n_pred[j]) if n_pred[j] else 0.0,
+                "recall": float(tp[j] / n_true[j]) if n_true[j] else 0.0,
+                "averagePrecision": ap,
+                "count": int(n_true[j]),
+            }
+        )
+    total_tp, total_pred, total_true = int(tp.sum()), int(n_pred.sum()), int(n_true.sum())
+    return {
+        "threshold": float(threshold),
+        "precision": total_tp / total_pred if total_pred else 0.0,
+        "recall": total_tp / total_true if total_true else 0.0,
+        "averagePrecision": float(np.mean(aps)) if aps else 0.0,
+        "perTag": per_tag,
+        "testImages": int(y.shape[0]),
+        "trainImages": int(train_images),
+    }
+
+
+def predictions_document(
+    tag_ids: Sequence[str],
+    tag_names: Sequence[str],
+    samples: Sequence[tuple[str, str, Sequence[str], Sequence[float]]],
+) -> dict[str, Any]:
+    """The raw test-set predictions kept in metrics.json: ``(imageId, sha256, tag ids, probs)``."""
+    return {
+        "tagIds": list(tag_ids),
+        "tagNames": list(tag_names),
+        "samples": [
+            {
+                "imageId": image_id,
+                "sha256": sha,
+                "labels": list(labels),
+                "probabilities": [round(float(x), 6) for x in probs],
+            }
+            for image_id, sha, labels, probs in samples
+        ],
+    }
+
+
+def arrays_from_predictions(document: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, probabilities)`` arrays, columns in ``tagIds`` order, from a predictions doc."""
+    tag_ids = list(document["tagIds"])
+    column = {t: j for j, t in enumerate(tag_ids)}
+    samples = document.get("samples", [])
+    labels = np.zeros((len(samples), len(tag_ids)), dtype=np.float64)
+    probs = np.zeros((len(samples), len(tag_ids)), dtype=np.float64)
+    for i, sample in enumerate(samples):
+        for tag in sample["labels"]:
+            if tag in column:
+                labels[i, column[tag]] = 1.0
+        probs[i] = np.asarray(sample["probabilities"], dtype=np.float64)
+    return labels, probs
+
+
+def recompute(metrics_json: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    """The metrics of a stored metrics.json document at another threshold (the API's
+    ``performance?threshold=`` route)."""
+    document = metrics_json["predictions"]
+    labels, probs = arrays_from_predictions(document)
+    names = document.get("tagNames") or [
+        next((t["name"] for t in metrics_json.get("perTag", []) if t["id"] == tag_id), tag_id)
+        for tag_id in document["tagIds"]
+    ]
+    return metrics_at_threshold(
+        labels, probs, document["tagIds"], names, threshold,
+        train_images=int(metrics_json.get("trainImages", 0)),
+    )
+
+
+def confusion_matrix(true_index: Any, predicted_index: Any, n: int) -> np.ndarray:
+    """``(n, n)`` counts, rows = actual tag, columns = predicted tag (multiclass: argmax)."""
+    matrix = np.zeros((n, n), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(true_index, int), np.asarray(predicted_index, int)), 1)
+    return matrix
