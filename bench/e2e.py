@@ -134,6 +134,12 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> int:
     return response.status
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def closed_loop(port: int, path: str, body: bytes, clients: int,
                 seconds: float) -> tuple[float, list[float], int]:
     """``clients`` keep-alive connections, each sending its next request when answered."""
@@ -265,12 +271,18 @@ def main() -> None:
 
         figures: dict[str, float] = {}
         for label, body in (("1024x768", big[1]), ("384x288", small)):
+            host_cpu, own_cpu = cpu_seconds(host.pid), cpu_seconds(os.getpid())
             rps, lat, errors = closed_loop(port, route, body, args.clients, args.seconds)
+            host_cpu = cpu_seconds(host.pid) - host_cpu
+            own_cpu = cpu_seconds(os.getpid()) - own_cpu
             figures[f"http_{label}_rps"] = rps
             figures[f"http_{label}_closed_p50_ms"] = statistics.median(lat)
+            figures[f"http_{label}_host_cpu_ms_per_request"] = host_cpu * 1000 / len(lat)
             print(f"HTTP {label}: {rps:.0f} req/s with {args.clients} clients, p50 "
                   f"{statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
-                  f"{errors} errors")
+                  f"{errors} errors; CPU per request: host {host_cpu * 1000 / len(lat):.1f} ms, "
+                  f"load generator {own_cpu * 1000 / len(lat):.1f} ms; load average "
+                  f"{os.getloadavg()[0]:.1f}")
             fixed, errors = open_loop(port, route, body, args.rate, args.seconds)
             figures[f"http_{label}_at_{args.rate:.0f}_p50_ms"] = statistics.median(fixed)
             figures[f"http_{label}_at_{args.rate:.0f}_p99_ms"] = pct(fixed, 99)

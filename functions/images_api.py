@@ -36,7 +36,7 @@ _ANON = func.AuthLevel.ANONYMOUS
 def _serve(req: func.HttpRequest, work: Callable[[Any, str], object],
            status: int = 200) -> func.HttpResponse:
     """Build the image context for this request and run ``work(ctx, project_id)``."""
-    from visionpipe import api_projects
+    from visionpipe.api_adapter import json_response, training_call
     from visionpipe.api_images import Context
     from visionpipe.label_store import LabelStore
     from visionpipe.settings import get_settings
@@ -52,9 +52,13 @@ def _serve(req: func.HttpRequest, work: Callable[[Any, str], object],
     def run() -> object:
         storage = get_storage()
         ctx = Context(storage, LabelStore(storage), get_settings().training_limits, image_uri)
-        return work(ctx, req.route_params["projectId"])
+        result = work(ctx, req.route_params["projectId"])
+        if isinstance(result, tuple):  # uploads: (ImageCreateSummary, 200 | 207)
+            body, code = result
+            return json_response(body, code)
+        return result
 
-    return api_projects.respond(req, run, status)
+    return training_call(req, run, status=status)
 
 
 _BY_PARAM = "taggingStatus"  # tagged or not as the taggingStatus parameter says
@@ -68,7 +72,7 @@ def _tagged(req: func.HttpRequest, tagged: bool | None | str) -> bool | None:
 
 def _list(req: func.HttpRequest, tagged: bool | None | str) -> func.HttpResponse:
     from visionpipe import api_images
-    from visionpipe.api_projects import id_list, int_param
+    from visionpipe.api_adapter import id_list, int_param
 
     p = req.params
     return _serve(req, lambda ctx, pid: api_images.list_images(
@@ -78,7 +82,7 @@ def _list(req: func.HttpRequest, tagged: bool | None | str) -> func.HttpResponse
 
 def _count(req: func.HttpRequest, tagged: bool | None | str) -> func.HttpResponse:
     from visionpipe import api_images
-    from visionpipe.api_projects import id_list
+    from visionpipe.api_adapter import id_list
 
     return _serve(req, lambda ctx, pid: api_images.count_images(
         ctx, pid, _tagged(req, tagged), id_list(req.params.get("tagIds"))))
@@ -88,15 +92,15 @@ def _count(req: func.HttpRequest, tagged: bool | None | str) -> func.HttpRespons
 @bp.route(route=_IMAGES, methods=["GET", "POST", "DELETE"], auth_level=_ANON)
 def api_images(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_images as images
-    from visionpipe.api_projects import bool_param, id_list
+    from visionpipe.api_adapter import flag, id_list
 
     method = req.method.upper()
     if method == "GET":
         return _list(req, _BY_PARAM)
     if method == "DELETE":
         return _serve(req, lambda ctx, pid: images.delete_images(
-            ctx, pid, id_list(req.params.get("imageIds")), bool_param(req.params, "allImages")),
-            204)
+            ctx, pid, id_list(req.params.get("imageIds")),
+            flag(req.params.get("allImages"), False)), 204)
 
     def create(ctx: Any, pid: str) -> object:
         uploads = images.uploads_from_body(req.get_body(), req.headers.get("Content-Type"),
@@ -116,7 +120,7 @@ def api_images_count(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_IMAGES}/files", methods=["POST"], auth_level=_ANON)
 def api_images_files(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_images
-    from visionpipe.api_projects import json_body
+    from visionpipe.api_adapter import json_body
 
     return _serve(req, lambda ctx, pid: api_images.create_images(
         ctx, pid, api_images.uploads_from_files(json_body(req))))
@@ -126,7 +130,8 @@ def api_images_files(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_IMAGES}/urls", methods=["POST"], auth_level=_ANON)
 def api_images_urls(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_images
-    from visionpipe.api_projects import json_body, require_project
+    from visionpipe.api_adapter import json_body
+    from visionpipe.api_projects import require_project
 
     def work(ctx: Any, pid: str) -> object:
         require_project(ctx.store, pid)  # before fetching anything
@@ -140,7 +145,8 @@ def api_images_urls(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_IMAGES}/predictions", methods=["POST"], auth_level=_ANON)
 def api_images_predictions(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_images
-    from visionpipe.api_projects import json_body, require_project
+    from visionpipe.api_adapter import json_body
+    from visionpipe.api_projects import require_project
 
     def work(ctx: Any, pid: str) -> object:
         require_project(ctx.store, pid)
@@ -154,7 +160,7 @@ def api_images_predictions(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_IMAGES}/id", methods=["GET"], auth_level=_ANON)
 def api_images_by_id(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_images
-    from visionpipe.api_projects import id_list
+    from visionpipe.api_adapter import id_list
 
     return _serve(req, lambda ctx, pid: api_images.get_images_by_ids(
         ctx, pid, id_list(req.params.get("imageIds"))))
@@ -188,7 +194,7 @@ def api_images_untagged_count(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_IMAGES}/tags", methods=["POST", "DELETE"], auth_level=_ANON)
 def api_image_tags(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_images
-    from visionpipe.api_projects import id_list, json_body
+    from visionpipe.api_adapter import id_list, json_body
 
     if req.method.upper() == "DELETE":
         return _serve(req, lambda ctx, pid: api_images.delete_image_tags(
@@ -201,7 +207,7 @@ def api_image_tags(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_IMAGES}/{{imageId}}/original", methods=["GET"], auth_level=_ANON)
 def api_image_original(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_images
-    from visionpipe.api_projects import RawBody
+    from visionpipe.api_adapter import RawBody
 
     def work(ctx: Any, pid: str) -> object:
         data, content_type = api_images.original_image(ctx, pid, req.route_params["imageId"])

@@ -22,8 +22,9 @@ _BASE = "customvision/{apiVersion}/training"
 @bp.route(route=f"{_BASE}/domains", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def api_domains(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_projects as api
+    from visionpipe.api_adapter import training_call
 
-    return api.respond(req, api.list_domains)
+    return training_call(req, api.list_domains)
 
 
 @bp.function_name("api_domain")
@@ -31,8 +32,9 @@ def api_domains(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_domain(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_projects as api
+    from visionpipe.api_adapter import training_call
 
-    return api.respond(req, lambda: api.get_domain(req.route_params["domainId"]))
+    return training_call(req, lambda: api.get_domain(req.route_params["domainId"]))
 
 
 @bp.function_name("api_projects")
@@ -40,6 +42,7 @@ def api_domain(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_projects(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_projects as api
+    from visionpipe.api_adapter import id_list, training_call
     from visionpipe.label_store import LabelStore
     from visionpipe.storage import get_storage
 
@@ -50,10 +53,10 @@ def api_projects(req: func.HttpRequest) -> func.HttpResponse:
         p = req.params
         return api.create_project(
             store, p.get("name"), p.get("description"), p.get("domainId"),
-            p.get("classificationType"), api.id_list(p.get("targetExportPlatforms")),
+            p.get("classificationType"), id_list(p.get("targetExportPlatforms")),
         )
 
-    return api.respond(req, work)
+    return training_call(req, work)
 
 
 @bp.function_name("api_project")
@@ -61,6 +64,7 @@ def api_projects(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_project(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_projects as api
+    from visionpipe.api_adapter import json_body, training_call
     from visionpipe.label_store import LabelStore
     from visionpipe.registry import Registry
     from visionpipe.storage import get_storage
@@ -74,7 +78,7 @@ def api_project(req: func.HttpRequest) -> func.HttpResponse:
         if method == "GET":
             return api.get_project(store, project_id)
         if method == "PATCH":
-            return api.update_project(store, project_id, api.json_body(req))
+            return api.update_project(store, project_id, json_body(req))
         return api.delete_project(storage, store, Registry(storage), project_id)
 
-    return api.respond(req, work, 204 if method == "DELETE" else 200)
+    return training_call(req, work, status=204 if method == "DELETE" else 200)

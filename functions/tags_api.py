@@ -22,6 +22,7 @@ _PROJECT = "customvision/{apiVersion}/training/projects/{projectId}"
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_tags(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_projects as api
+    from visionpipe.api_adapter import training_call
     from visionpipe.label_store import LabelStore
     from visionpipe.storage import get_storage
 
@@ -35,7 +36,7 @@ def api_tags(req: func.HttpRequest) -> func.HttpResponse:
         return api.create_tag(store, project_id, p.get("name"), p.get("description"),
                               p.get("type"))
 
-    return api.respond(req, work)
+    return training_call(req, work)
 
 
 @bp.function_name("api_tag")
@@ -43,6 +44,7 @@ def api_tags(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_tag(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_projects as api
+    from visionpipe.api_adapter import json_body, training_call
     from visionpipe.label_store import LabelStore
     from visionpipe.storage import get_storage
 
@@ -54,7 +56,7 @@ def api_tag(req: func.HttpRequest) -> func.HttpResponse:
         if method == "GET":
             return api.get_tag(store, project_id, tag_id)
         if method == "PATCH":
-            return api.update_tag(store, project_id, tag_id, api.json_body(req))
+            return api.update_tag(store, project_id, tag_id, json_body(req))
         return api.delete_tag(store, project_id, tag_id)
 
-    return api.respond(req, work, 204 if method == "DELETE" else 200)
+    return training_call(req, work, status=204 if method == "DELETE" else 200)

@@ -303,7 +303,7 @@ module containerApps 'modules/containerapps.bicep' = {
 }
 
 // Second phase: an AzureFunction endpoint is validated against the deployed function, so the
-// subscriptions can only be created after the code is deployed (see docs/deploy.md).
+// subscriptions can only be created after the code is deployed (see the README, "Deploy to Azure").
 module eventSubscriptions 'modules/event-subscriptions.bicep' = if (deployEventSubscriptions) {
   name: 'event-subscriptions'
   scope: rg

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -106,3 +106,19 @@ def bridge(storage: Storage, local_host: str, tmp_path_factory: pytest.TempPathF
     instance = EventGridBridge(storage, local_host, state, poll_interval=0.1).start()
     yield instance
     instance.stop()
+
+
+@pytest.fixture
+def app_setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str | None], None]]:
+    """Change an app setting for one test, as a restart with new settings would (the settings
+    are read once per process)."""
+
+    def change(name: str, value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+        reset_settings()
+
+    yield change
+    reset_settings()  # read again, lazily, once monkeypatch has restored the environment

@@ -6,7 +6,7 @@ import base64
 import http.server
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import httpx
@@ -240,8 +240,8 @@ def image_server() -> Iterator[str]:
 
 
 def test_url_uploads(trainer: CustomVisionTrainingClient, project_id: str, image_server: str,
-                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SETTING_ALLOWED_NETWORKS, raising=False)
+                     app_setting: Callable[[str, str | None], None]) -> None:
+    app_setting(SETTING_ALLOWED_NETWORKS, None)
     batch = ImageUrlCreateBatch(images=[
         ImageUrlCreateEntry(url=f"{image_server}/a.jpg"),
         ImageUrlCreateEntry(url="http://169.254.169.254/latest/meta-data/"),
@@ -252,7 +252,7 @@ def test_url_uploads(trainer: CustomVisionTrainingClient, project_id: str, image
     assert [i.status for i in refused.images] == ["ErrorSource"] * 3
     assert refused.images[0].source_url == f"{image_server}/a.jpg"
 
-    monkeypatch.setenv(SETTING_ALLOWED_NETWORKS, "127.0.0.1/32")
+    app_setting(SETTING_ALLOWED_NETWORKS, "127.0.0.1/32")
     allowed = trainer.create_images_from_urls(project_id, ImageUrlCreateBatch(images=[
         ImageUrlCreateEntry(url=f"{image_server}/a.jpg"),
         ImageUrlCreateEntry(url=f"{image_server}/redirect"),  # to the metadata endpoint

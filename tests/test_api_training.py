@@ -22,6 +22,7 @@ from visionpipe.api_training import dataset_fingerprint
 from visionpipe.label_store import ImageFacts, LabelStore, Project
 from visionpipe.prediction_store import PredictionStore
 from visionpipe.registry import IterationStatus, Registry
+from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
 
 KEY = {"Training-Key": TEST_TRAINING_KEY}
@@ -34,11 +35,13 @@ def request_queue(storage: Storage) -> Iterator[str]:
     storage.queues.create_queue(name)
     saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
     os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = name
+    reset_settings()  # settings are read once per process, like a restart
     yield name
     if saved is None:
         os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
     else:
         os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
+    reset_settings()
     storage.queues.delete_queue(name)
 
 

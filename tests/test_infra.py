@@ -10,8 +10,8 @@ There is no Bicep CLI here, so the Bicep is checked the ways that work offline:
   command;
 * the conventions of STYLE.md item 9 and the security defaults of DESIGN.md §8.
 
-What only a real deployment can show is listed in docs/deploy.md ("What the offline checks cannot
-see").
+What only a real deployment can show is listed in the README ("Deploy to Azure", "What the
+offline checks cannot see").
 """
 
 from __future__ import annotations
@@ -777,8 +777,8 @@ def test_azure_yaml_and_hooks() -> None:
 
 
 def test_deploy_docs_cover_the_issue() -> None:
-    text = (ROOT / "docs" / "deploy.md").read_text()
+    text = (ROOT / "README.md").read_text()
     for needed in ("## Deploy to Azure", "Prerequisites", "azd up", "az deployment sub create",
                    "main.bicepparam", "postdeploy", "az acr build", "quota", "azd down",
                    "idle", "cannot see"):
-        assert needed in text, f"docs/deploy.md does not mention {needed!r}"
+        assert needed in text, f"README.md does not mention {needed!r}"

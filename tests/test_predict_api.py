@@ -283,3 +283,29 @@ def test_hot_swap_over_http_while_requests_run(
         switch = next(i for i, s in enumerate(mine) if s[1] == newer.id)
         assert all(s[1:] == (published.id, "red") for s in mine[:switch])
         assert all(s[1:] == (newer.id, "blue") for s in mine[switch:])
+
+
+def test_multipart_bytes_come_out_exactly_as_sent() -> None:
+    from visionpipe.multipart import BadBody, image_from_body, parse_multipart
+
+    payload = bytes(range(256)) * 4 + b"\r\n--not-the-boundary\r\n\r\n" + b"\n\r\x00"
+    body, content_type = multipart(payload)
+    assert image_from_body(body, content_type) == payload
+    assert image_from_body(payload, "application/octet-stream") == payload
+    assert image_from_body(payload, None) == payload
+    two = (b"--b\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n"
+           b"--b\r\nContent-Disposition: form-data; name=\"imageData\"; filename=\"a.jpg\"\r\n"
+           b"Content-Type: image/jpeg\r\n\r\n" + payload + b"\r\n--b--\r\n")
+    assert image_from_body(two, 'multipart/form-data; boundary="b"') == payload
+    parts = parse_multipart(two, "multipart/form-data; boundary=b")
+    assert [(p.name, p.filename, p.content_type) for p in parts] == [
+        ("other", None, None), ("imageData", "a.jpg", "image/jpeg")]
+    with pytest.raises(BadBody):
+        image_from_body(two, "multipart/form-data")  # no boundary
+
+
+def test_a_malformed_multipart_body_is_a_400(project: Project, published: Iteration) -> None:
+    response = call(request(project.id, b"--x\r\nno separator here", headers={
+        "Prediction-Key": TEST_PREDICTION_KEY, "Content-Type": "multipart/form-data; boundary=y"}))
+    assert response.status_code == 400
+    assert json.loads(response.get_body())["code"] == "BadRequestImageStream"

@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
 from tests.model_factory import color_image
 from visionpipe import names
+from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -40,6 +41,7 @@ def worker(storage: Storage, local_host: str,
     storage.queues.create_queue(queue + names.POISON_SUFFIX)
     saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
     os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = queue  # where the train route enqueues
+    reset_settings()  # settings are read once per process, like a restart
     cache = tmp_path_factory.mktemp("sdk-worker")
     log = (cache / "worker.log").open("wb")
     process = subprocess.Popen(
@@ -64,6 +66,7 @@ def worker(storage: Storage, local_host: str,
         os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
     else:
         os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
+    reset_settings()
     for name in (queue, queue + names.POISON_SUFFIX):
         storage.queues.delete_queue(name)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -29,12 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("training_job")
 
 
-def _setting(name: str, default: str) -> str:
-    """A queue-name app setting (the Bicep sets the same ones on the Function app and the job,
-    which its ``%SETTING%`` binding expressions read); the contract name when unset."""
-    return os.environ.get(name) or default
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training_job",
@@ -49,12 +42,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="keep polling the queue (the local worker); stops on SIGTERM/SIGINT")
 
     q = p.add_argument_group("queue")
-    requests_setting = names.SETTING_TRAINING_REQUESTS_QUEUE
-    q.add_argument("--queue", default=_setting(requests_setting, names.TRAINING_REQUESTS),
-                   help=f"training request queue (app setting {requests_setting})")
-    events_setting = names.SETTING_TRAINING_EVENTS_QUEUE
-    q.add_argument("--events-queue", default=_setting(events_setting, names.TRAINING_EVENTS),
-                   help=f"training event queue (app setting {events_setting})")
+    # Default: the app settings the Bicep sets on the job and the Function app alike.
+    q.add_argument("--queue", default=None,
+                   help=f"training request queue (default: app setting "
+                        f"{names.SETTING_TRAINING_REQUESTS_QUEUE}, else {names.TRAINING_REQUESTS})")
+    q.add_argument("--events-queue", default=None,
+                   help=f"training event queue (default: app setting "
+                        f"{names.SETTING_TRAINING_EVENTS_QUEUE}, else {names.TRAINING_EVENTS})")
     q.add_argument("--visibility-timeout", type=int, default=300,
                    help="seconds a received request stays hidden; renewed every third of it")
     q.add_argument("--max-dequeue-count", type=int, default=5,
@@ -91,6 +85,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=None,
                    help="data loader processes (default: by device and core count)")
     t.add_argument("--no-amp", dest="amp", action="store_false", help="CUDA: train in fp32")
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's; on a box shared with other "
+                        "busy processes, fewer threads stall less)")
     t.add_argument("--min-images-per-tag", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--cache-dir", type=Path,
@@ -152,8 +149,16 @@ def main(args: argparse.Namespace) -> int:
     """Run the job; exit status 0 when the request was handled (Completed or recorded Failed,
     rejected, poisoned) or there was none, 1 when it must be retried."""
     _configure_logging(args.log_level)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from visionpipe.settings import get_settings
     from visionpipe.storage import get_storage
 
+    settings = get_settings()
+    args.queue = args.queue or settings.training_requests_queue
+    args.events_queue = args.events_queue or settings.training_events_queue
     worker = Worker(get_storage(), job_options(args), worker_options(args))
     previous = _install_signal_handlers(worker)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 
 #: The training API versions served (the SDK 3.1.1 speaks v3.4-preview; v3.3 is the last stable).
 TRAINING_API_VERSIONS = ("v3.0", "v3.1", "v3.2", "v3.3", "v3.4-preview")
+
+
+class RawBody:
+    """Bytes to answer with as they are (an image), not as JSON."""
+
+    def __init__(self, data: bytes, content_type: str) -> None:
+        self.data = data
+        self.content_type = content_type
 
 
 def json_response(value: Any, status: int = 200) -> func.HttpResponse:
@@ -40,8 +48,11 @@ def training_call(
 ) -> func.HttpResponse:
     """Check ``Training-Key`` and ``{apiVersion}``, run ``action``, answer its result as JSON.
 
-    ``action`` returning None answers 204 (Custom Vision's DELETEs); a ready
-    ``func.HttpResponse`` is passed through (downloads).
+    ``action`` returning None, or ``status=204``, answers 204 with no body (Custom Vision's
+    DELETEs); a ready ``func.HttpResponse`` is passed through (downloads); a :class:`RawBody` is
+    answered as its bytes and content type with ``status``. An
+    :class:`~visionpipe.api_errors.ApiError` becomes its error body, anything else a 500 in the
+    same shape.
     """
     import azure.functions as func
 
@@ -63,10 +74,12 @@ def training_call(
     except Exception as e:  # Custom Vision's shape for the client, the trace for the log
         log.exception("%s %s failed", req.method, req.url)
         return api_errors.to_http_response(ApiError(500, "Error", type(e).__name__))
-    if result is None:
+    if result is None or status == 204:
         return func.HttpResponse(status_code=204)
     if isinstance(result, func.HttpResponse):
         return result
+    if isinstance(result, RawBody):
+        return func.HttpResponse(result.data, status_code=status, mimetype=result.content_type)
     return json_response(result, status)
 
 
@@ -100,3 +113,20 @@ def flag(value: str | None, default: bool) -> bool:
 def id_list(value: str | None) -> list[str]:
     """``ids=a,b,c`` (the SDK joins list query parameters with commas)."""
     return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def int_param(params: Mapping[str, str], name: str, default: int,
+              low: int = 0, high: int | None = None) -> int:
+    """An integer query parameter in ``[low, high]`` (``default`` when absent), or 400."""
+    from visionpipe import api_errors
+
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise api_errors.bad_request("BadRequest", f"{name} must be an integer") from e
+    if value < low or (high is not None and value > high):
+        raise api_errors.bad_request("BadRequest", f"{name} must be in [{low}, {high}]")
+    return value

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -58,7 +57,9 @@ def dataset_fingerprint(records: Sequence[ImageRecord], selected: Sequence[str])
 
 def training_queue() -> str:
     """The queue the training job consumes (``TRAINING_REQUESTS_QUEUE`` may point elsewhere)."""
-    return os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE) or names.TRAINING_REQUESTS
+    from visionpipe.settings import get_settings
+
+    return get_settings().training_requests_queue
 
 
 def _selected_tags(tags: Sequence[Tag], requested: Sequence[str]) -> list[Tag]:

@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 from urllib.parse import urlencode
 
-SETTING_EXPORT_LINK_TTL = "EXPORT_LINK_TTL_SECONDS"
-DEFAULT_TTL_SECONDS = 3600
-
 
 def ttl_seconds() -> int:
-    try:
-        return max(1, int(os.environ.get(SETTING_EXPORT_LINK_TTL) or DEFAULT_TTL_SECONDS))
-    except ValueError:
-        return DEFAULT_TTL_SECONDS
+    from visionpipe.settings import get_settings
+
+    return get_settings().export_link_ttl_seconds
 
 
 def _signature(key: str, project_id: str, iteration_id: str, expires: int) -> str:

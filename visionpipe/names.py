@@ -88,6 +88,10 @@ SETTING_MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
 SETTING_TRAINING_REQUESTS_QUEUE = "TRAINING_REQUESTS_QUEUE"
 SETTING_TRAINING_EVENTS_QUEUE = "TRAINING_EVENTS_QUEUE"
 
+# Optional settings: the code's defaults apply when they are absent, so the Bicep need not set them.
+SETTING_URL_FETCH_ALLOWED_NETWORKS = "URL_FETCH_ALLOWED_NETWORKS"
+SETTING_EXPORT_LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+
 # The training job's container command (training_job/Dockerfile ENTRYPOINT + Container Apps Job).
 TRAINING_JOB_MODULE = "training_job"
 

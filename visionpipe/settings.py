@@ -102,6 +102,11 @@ class Settings:
     auto_create_projects: bool = True
     training_limits: ImageLimits = field(default_factory=lambda: ImageLimits(max_bytes=6 * MB))
     prediction_limits: ImageLimits = field(default_factory=lambda: ImageLimits(max_bytes=4 * MB))
+    training_requests_queue: str = names.TRAINING_REQUESTS
+    training_events_queue: str = names.TRAINING_EVENTS
+    # CIDRs exempt from the refusal of private addresses in URL uploads (empty: none).
+    url_fetch_allowed_networks: tuple[str, ...] = ()
+    export_link_ttl_seconds: int = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +130,18 @@ class Settings:
             auto_create_projects=_flag(env.get(names.SETTING_AUTO_CREATE_PROJECTS), True),
             training_limits=limits(names.SETTING_MAX_TRAINING_IMAGE_BYTES, 6 * MB),
             prediction_limits=limits(names.SETTING_MAX_PREDICTION_IMAGE_BYTES, 4 * MB),
+            training_requests_queue=env.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
+            or names.TRAINING_REQUESTS,
+            training_events_queue=env.get(names.SETTING_TRAINING_EVENTS_QUEUE)
+            or names.TRAINING_EVENTS,
+            url_fetch_allowed_networks=tuple(
+                n.strip()
+                for n in env.get(names.SETTING_URL_FETCH_ALLOWED_NETWORKS, "").split(",")
+                if n.strip()
+            ),
+            export_link_ttl_seconds=max(
+                1, _int(env.get(names.SETTING_EXPORT_LINK_TTL_SECONDS), 3600)
+            ),
         )
 
 

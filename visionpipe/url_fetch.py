@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import os
 import socket
 import ssl
 import time
 from urllib.parse import urljoin, urlsplit
 
-SETTING_ALLOWED_NETWORKS = "URL_FETCH_ALLOWED_NETWORKS"
+from visionpipe import names
+
+SETTING_ALLOWED_NETWORKS = names.SETTING_URL_FETCH_ALLOWED_NETWORKS
 MAX_REDIRECTS = 3
 _CHUNK = 64 * 1024
 
@@ -30,12 +31,12 @@ class FetchError(Exception):
     """The URL could not be fetched, or may not be; the message says why (safe to show)."""
 
 
-def allowed_networks(env: dict[str, str] | None = None
-                     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """The operator's exceptions to the public-address rule, read at call time."""
-    raw = (os.environ if env is None else env).get(SETTING_ALLOWED_NETWORKS, "")
-    return tuple(ipaddress.ip_network(n.strip(), strict=False)
-                 for n in raw.split(",") if n.strip())
+def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The operator's exceptions to the public-address rule (``URL_FETCH_ALLOWED_NETWORKS``)."""
+    from visionpipe.settings import get_settings
+
+    return tuple(ipaddress.ip_network(n, strict=False)
+                 for n in get_settings().url_fetch_allowed_networks)
 
 
 def is_allowed_address(address: IPAddress,
