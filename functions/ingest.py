@@ -5,7 +5,7 @@ import logging
 import azure.functions as func
 
 from visionpipe import names
-from visionpipe.events import EventRefused, parse_blob_created
+from visionpipe.events import EventRefused, from_grid_event
 from visionpipe.settings import get_settings
 from visionpipe.storage import get_storage
 
@@ -21,13 +21,7 @@ def ingest_training_image(event: func.EventGridEvent) -> None:
     from visionpipe.ingest import ingest_training_blob
 
     try:
-        blob = parse_blob_created(
-            event_id=event.id,
-            event_type=event.event_type,
-            subject=event.subject,
-            data=event.get_json() or {},
-            container=names.TRAINING_IMAGES,
-        )
+        blob = from_grid_event(event, names.TRAINING_IMAGES)
     except EventRefused as e:
         # Retrying cannot help: acknowledge, but say so loudly.
         log.error("refused: %s", e)

@@ -5,8 +5,7 @@ import logging
 import azure.functions as func
 
 from visionpipe import names
-from visionpipe.events import EventRefused, parse_blob_created
-from visionpipe.predict import DropFolderPredictor
+from visionpipe.events import EventRefused, from_grid_event
 from visionpipe.settings import get_settings
 from visionpipe.storage import get_storage
 
@@ -17,14 +16,11 @@ log = logging.getLogger(__name__)
 @bp.function_name(names.PREDICT_FUNCTION)
 @bp.event_grid_trigger(arg_name="event")
 def predict_image(event: func.EventGridEvent) -> None:
+    # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
+    from visionpipe.predict import DropFolderPredictor
+
     try:
-        blob = parse_blob_created(
-            event_id=event.id,
-            event_type=event.event_type,
-            subject=event.subject,
-            data=event.get_json() or {},
-            container=names.PREDICT_IMAGES,
-        )
+        blob = from_grid_event(event, names.PREDICT_IMAGES)
     except EventRefused as e:
         # Retrying cannot help: acknowledge, but say so loudly.
         log.error("refused: %s", e)

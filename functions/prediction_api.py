@@ -12,7 +12,6 @@ import azure.functions as func
 from visionpipe import api_errors
 from visionpipe.api_errors import ApiError
 from visionpipe.auth import check_prediction_key
-from visionpipe.predict import PREDICTION_API_VERSIONS, classify_request
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -22,6 +21,9 @@ CLASSIFY_ROUTE = ("customvision/{apiVersion}/prediction/{projectId}/classify/ite
 
 
 def classify(req: func.HttpRequest, *, store: bool) -> func.HttpResponse:
+    # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
+    from visionpipe.predict import PREDICTION_API_VERSIONS, classify_request
+
     denied = check_prediction_key(req.headers)
     if denied is not None:
         return api_errors.to_http_response(denied)

@@ -5,10 +5,8 @@ import logging
 import azure.functions as func
 
 from visionpipe import names
-from visionpipe.label_store import LabelStore
 from visionpipe.messages import TrainingEvent
-from visionpipe.publishing import AutoPublishConfig, handle_training_event
-from visionpipe.registry import Registry
+from visionpipe.settings import get_settings
 from visionpipe.storage import get_storage
 
 bp = func.Blueprint()
@@ -19,12 +17,16 @@ log = logging.getLogger(__name__)
 @bp.queue_trigger(arg_name="msg", queue_name=f"%{names.SETTING_TRAINING_EVENTS_QUEUE}%",
                   connection=names.STORAGE_CONNECTION)
 def on_training_event(msg: func.QueueMessage) -> None:
+    from visionpipe.label_store import LabelStore
+    from visionpipe.publishing import AutoPublishConfig, handle_training_event
+    from visionpipe.registry import Registry
+
     # A message that is not a training event raises BadMessage: after maxDequeueCount tries the
     # runtime moves it to the poison queue, where it stays for a person to look at.
     event = TrainingEvent.from_json(msg.get_body())
     storage = get_storage()
     outcome = handle_training_event(event, Registry(storage), LabelStore(storage),
-                                    AutoPublishConfig.from_env())
+                                    AutoPublishConfig.from_settings(get_settings()))
     log.info("training event %s for %s/%s (dequeue %s) -> %s%s", event.training_status,
              event.project_id, event.iteration_id, msg.dequeue_count, outcome.status,
              f", published as {outcome.published.publish_name!r}" if outcome.published else "")

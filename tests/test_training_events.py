@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from azure.functions.queue import QueueMessage
@@ -27,6 +27,7 @@ from visionpipe.publishing import (
     overall_metrics,
 )
 from visionpipe.registry import IterationStatus, Registry
+from visionpipe.settings import get_settings
 from visionpipe.storage import Storage
 
 
@@ -36,9 +37,9 @@ def project(label_store: LabelStore, project_name: str) -> Project:
 
 
 @pytest.fixture
-def auto_publish(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SETTING_AUTO_PUBLISH, "true")
-    monkeypatch.delenv(SETTING_AUTO_PUBLISH_NAME, raising=False)
+def auto_publish(app_setting: Callable[[str, str | None], None]) -> None:
+    app_setting(SETTING_AUTO_PUBLISH, "true")
+    app_setting(SETTING_AUTO_PUBLISH_NAME, None)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,9 +83,9 @@ def test_binding_metadata() -> None:
 
 def test_completed_records_metrics_and_does_not_publish_by_default(
     registry: Registry, label_store: LabelStore, project: Project,
-    monkeypatch: pytest.MonkeyPatch,
+    app_setting: Callable[[str, str | None], None],
 ) -> None:
-    monkeypatch.delenv(SETTING_AUTO_PUBLISH, raising=False)
+    app_setting(SETTING_AUTO_PUBLISH, None)
     iteration = register_color_iteration(registry, label_store, project,
                                          status=IterationStatus.TRAINING)
     registry.upload_artifact(project.id, iteration.id, METRICS_FILE,
@@ -139,11 +140,11 @@ def test_auto_publish_respects_what_a_person_published(
 
 def test_auto_publish_name_is_a_setting(
     registry: Registry, label_store: LabelStore, project: Project,
-    monkeypatch: pytest.MonkeyPatch,
+    app_setting: Callable[[str, str | None], None],
 ) -> None:
-    monkeypatch.setenv(SETTING_AUTO_PUBLISH, "1")
-    monkeypatch.setenv(SETTING_AUTO_PUBLISH_NAME, "nightly")
-    assert AutoPublishConfig.from_env() == AutoPublishConfig(True, "nightly")
+    app_setting(SETTING_AUTO_PUBLISH, "1")
+    app_setting(SETTING_AUTO_PUBLISH_NAME, "nightly")
+    assert AutoPublishConfig.from_settings(get_settings()) == AutoPublishConfig(True, "nightly")
     iteration = register_color_iteration(registry, label_store, project, metrics=overall(0.7))
     deliver(message(project.id, iteration.id, TRAINING_COMPLETED))
     assert published_ids(registry, project.id) == {"nightly": iteration.id}

@@ -71,3 +71,15 @@ def parse_blob_created(
         else None,
         url=url,
     )
+
+
+def from_grid_event(event: Any, container: str) -> BlobCreated:
+    """:func:`parse_blob_created` for a ``func.EventGridEvent`` (duck-typed, so the library does
+    not depend on azure.functions)."""
+    return parse_blob_created(
+        event_id=event.id,
+        event_type=event.event_type,
+        subject=event.subject,
+        data=event.get_json() or {},
+        container=container,
+    )

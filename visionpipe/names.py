@@ -91,6 +91,14 @@ SETTING_TRAINING_EVENTS_QUEUE = "TRAINING_EVENTS_QUEUE"
 # Optional settings: the code's defaults apply when they are absent, so the Bicep need not set them.
 SETTING_URL_FETCH_ALLOWED_NETWORKS = "URL_FETCH_ALLOWED_NETWORKS"
 SETTING_EXPORT_LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+# The training-events function publishes a better iteration by itself when this is on.
+SETTING_AUTO_PUBLISH = "AUTO_PUBLISH"
+SETTING_AUTO_PUBLISH_NAME = "AUTO_PUBLISH_NAME"
+# Serving tuning knobs (visionpipe.settings.ServingConfig).
+SETTING_SERVING_RUNS = "SERVING_CONCURRENT_RUNS"
+SETTING_SERVING_THREADS = "SERVING_INTRA_OP_THREADS"
+SETTING_SERVING_MAX_BATCH = "SERVING_MAX_BATCH"
+SETTING_SERVING_POINTER_MAX_AGE = "SERVING_POINTER_MAX_AGE_SECONDS"
 
 # The training job's container command (training_job/Dockerfile ENTRYPOINT + Container Apps Job).
 TRAINING_JOB_MODULE = "training_job"

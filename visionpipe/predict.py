@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContentSettings
@@ -79,8 +79,8 @@ def _background() -> ThreadPoolExecutor:
 PREDICTION_API_VERSIONS = ("v3.0", "v3.1")
 
 #: Reason codes of the drop folder beyond validation's (DESIGN §3 codes are shared).
-NO_PUBLISHED_ITERATION = "no_published_iteration"
-MODEL_UNAVAILABLE = "model_unavailable"
+NO_PUBLISHED_ITERATION = Reason.NO_PUBLISHED_ITERATION
+MODEL_UNAVAILABLE = Reason.MODEL_UNAVAILABLE
 
 
 class DropOutcome(StrEnum):
@@ -219,7 +219,7 @@ class DropFolderPredictor:
             classification = self.core.classify(project.id, data)
         except NoPublishedIteration:
             return self._reject(path, etag, prediction_id, project.id, Rejection(
-                cast(Reason, NO_PUBLISHED_ITERATION),
+                NO_PUBLISHED_ITERATION,
                 f"project {project.name!r} has no published iteration; publish one "
                 "(POST .../iterations/{iterationId}/publish) and drop the image again"), data)
         except UndecodableImage as e:

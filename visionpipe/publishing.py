@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from visionpipe import names
 from visionpipe.label_store import LabelStore
 from visionpipe.manifest import METRICS_FILE
 from visionpipe.messages import TRAINING_COMPLETED, TRAINING_FAILED, TrainingEvent
@@ -28,11 +28,13 @@ from visionpipe.registry import (
     Registry,
 )
 
+if TYPE_CHECKING:
+    from visionpipe.settings import Settings
+
 log = logging.getLogger(__name__)
 
-# App settings (to move to visionpipe.names / settings.py).
-SETTING_AUTO_PUBLISH = "AUTO_PUBLISH"
-SETTING_AUTO_PUBLISH_NAME = "AUTO_PUBLISH_NAME"
+SETTING_AUTO_PUBLISH = names.SETTING_AUTO_PUBLISH
+SETTING_AUTO_PUBLISH_NAME = names.SETTING_AUTO_PUBLISH_NAME
 DEFAULT_AUTO_PUBLISH_NAME = "latest"
 
 MAX_PUBLISH_NAME = 256
@@ -186,14 +188,8 @@ class AutoPublishConfig:
     publish_name: str = DEFAULT_AUTO_PUBLISH_NAME
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AutoPublishConfig:
-        env = os.environ if env is None else env
-        flag = (env.get(SETTING_AUTO_PUBLISH) or "").strip().lower()
-        return cls(
-            enabled=flag in {"1", "true", "yes", "on"},
-            publish_name=(env.get(SETTING_AUTO_PUBLISH_NAME) or "").strip()
-            or DEFAULT_AUTO_PUBLISH_NAME,
-        )
+    def from_settings(cls, settings: Settings) -> AutoPublishConfig:
+        return cls(enabled=settings.auto_publish, publish_name=settings.auto_publish_name)
 
 
 @dataclass(frozen=True)

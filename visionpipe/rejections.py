@@ -24,6 +24,9 @@ class Reason(StrEnum):
     BAD_PATH = "bad_path"
     CONFLICTING_TAG = "conflicting_tag"
     UNKNOWN_PROJECT = "unknown_project"
+    # prediction drop folder (visionpipe.predict)
+    NO_PUBLISHED_ITERATION = "no_published_iteration"
+    MODEL_UNAVAILABLE = "model_unavailable"
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from visionpipe.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
 from visionpipe.preprocessing import PreprocessingSpec, normalize_into, prepare_image
 from visionpipe.registry import NotFound, Publication, Publications, Registry
+from visionpipe.settings import ServingConfig, get_settings
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -42,11 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# App settings read by :meth:`ServingConfig.from_env` (all optional).
-SETTING_SERVING_RUNS = "SERVING_CONCURRENT_RUNS"
-SETTING_SERVING_THREADS = "SERVING_INTRA_OP_THREADS"
-SETTING_SERVING_MAX_BATCH = "SERVING_MAX_BATCH"
-SETTING_SERVING_POINTER_MAX_AGE = "SERVING_POINTER_MAX_AGE_SECONDS"
 
 
 class NoPublishedIteration(LookupError):
@@ -59,46 +54,6 @@ class ModelUnavailable(RuntimeError):
 
 class UndecodableImage(ValueError):
     """The image passed validation but its pixels could not be decoded for the model."""
-
-
-def _cores() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class ServingConfig:
-    """How much of the machine one session may use.
-
-    A Flex Consumption instance has 2-4 vCPUs and serves several requests at once. By default
-    each core (at most 4) runs one request's model single-threaded, and requests that arrive
-    while every core is busy are batched into the next run; ONNX Runtime's threads never spin
-    (spinning burns the cores that decoding the next request needs). Measured on two cores with
-    MobileNetV3-Small (``bench/predict.py``, quiet machine): a second intra-op thread does not
-    make one run faster, and with four clients one run per core is ~15% cheaper per image than
-    one two-thread run at a time.
-    """
-
-    concurrent_runs: int = field(default_factory=lambda: _cores())
-    intra_op_threads: int = 0  # 0: the instance's cores (at most 4) shared by concurrent_runs
-    max_batch: int = 16
-    pointer_max_age: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.intra_op_threads <= 0:
-            object.__setattr__(self, "intra_op_threads",
-                               max(1, _cores() // max(1, self.concurrent_runs)))
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ServingConfig:
-        env = dict(os.environ) if env is None else env
-        default = cls()
-        return cls(
-            concurrent_runs=int(env.get(SETTING_SERVING_RUNS) or default.concurrent_runs),
-            intra_op_threads=int(env.get(SETTING_SERVING_THREADS) or 0),
-            max_batch=max(1, int(env.get(SETTING_SERVING_MAX_BATCH) or default.max_batch)),
-            pointer_max_age=float(env.get(SETTING_SERVING_POINTER_MAX_AGE)
-                                  or default.pointer_max_age),
-        )
 
 
 def session_options(config: ServingConfig) -> ort.SessionOptions:
@@ -488,7 +443,7 @@ def get_serving(storage: Storage | None = None) -> ServingCore:
             if _core is None:
                 from visionpipe.storage import get_storage
 
-                _core = ServingCore(Registry(storage or get_storage()), ServingConfig.from_env())
+                _core = ServingCore(Registry(storage or get_storage()), get_settings().serving)
     return _core
 
 

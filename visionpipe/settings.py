@@ -94,6 +94,45 @@ class ImageLimits:
     upscale_small: bool = False
 
 
+def _cores() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How much of the machine one session may use.
+
+    A Flex Consumption instance has 2-4 vCPUs and serves several requests at once. By default
+    each core (at most 4) runs one request's model single-threaded, and requests that arrive
+    while every core is busy are batched into the next run; ONNX Runtime's threads never spin
+    (spinning burns the cores that decoding the next request needs). Measured on two cores with
+    MobileNetV3-Small (``bench/predict.py``, quiet machine): a second intra-op thread does not
+    make one run faster, and with four clients one run per core is ~15% cheaper per image than
+    one two-thread run at a time.
+    """
+
+    concurrent_runs: int = field(default_factory=lambda: _cores())
+    intra_op_threads: int = 0  # 0: the instance's cores (at most 4) shared by concurrent_runs
+    max_batch: int = 16
+    pointer_max_age: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads <= 0:
+            object.__setattr__(self, "intra_op_threads",
+                               max(1, _cores() // max(1, self.concurrent_runs)))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServingConfig:
+        default = cls()
+        return cls(
+            concurrent_runs=int(env.get(names.SETTING_SERVING_RUNS) or default.concurrent_runs),
+            intra_op_threads=int(env.get(names.SETTING_SERVING_THREADS) or 0),
+            max_batch=max(1, int(env.get(names.SETTING_SERVING_MAX_BATCH) or default.max_batch)),
+            pointer_max_age=float(env.get(names.SETTING_SERVING_POINTER_MAX_AGE)
+                                  or default.pointer_max_age),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     storage: StorageSettings
@@ -107,6 +146,9 @@ class Settings:
     # CIDRs exempt from the refusal of private addresses in URL uploads (empty: none).
     url_fetch_allowed_networks: tuple[str, ...] = ()
     export_link_ttl_seconds: int = 3600
+    auto_publish: bool = False
+    auto_publish_name: str = "latest"
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +184,10 @@ class Settings:
             export_link_ttl_seconds=max(
                 1, _int(env.get(names.SETTING_EXPORT_LINK_TTL_SECONDS), 3600)
             ),
+            auto_publish=_flag(env.get(names.SETTING_AUTO_PUBLISH), False),
+            auto_publish_name=(env.get(names.SETTING_AUTO_PUBLISH_NAME) or "").strip()
+            or "latest",
+            serving=ServingConfig.from_env(env),
         )
 
 
