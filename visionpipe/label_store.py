@@ -13,6 +13,7 @@ Layout:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -137,6 +138,25 @@ class ImageRecord:
         )
 
 
+def _new_project(name: str, classification_type: str, domain_id: str,
+                 description: str) -> Project:
+    if classification_type not in CLASSIFICATION_TYPES:
+        raise ValueError(f"classification type must be one of {CLASSIFICATION_TYPES}")
+    return Project(str(uuid.uuid4()), name.strip(), classification_type, domain_id, description)
+
+
+def _project_entity(project: Project) -> dict[str, Any]:
+    return {
+        "PartitionKey": _PROJECT_PK,
+        "RowKey": project.id,
+        "name": project.name,
+        "classificationType": project.classification_type,
+        "domainId": project.domain_id,
+        "description": project.description,
+        "created": project.created,
+    }
+
+
 class AddStatus(StrEnum):
     CREATED = "created"  # a new image
     TAG_ADDED = "tag_added"  # known bytes, one more tag (multilabel)
@@ -175,28 +195,15 @@ class LabelStore:
         description: str = "",
     ) -> Project:
         """Create a project; a project of the same name (case-insensitive) is returned as is."""
-        if classification_type not in CLASSIFICATION_TYPES:
-            raise ValueError(f"classification type must be one of {CLASSIFICATION_TYPES}")
-        project = Project(
-            str(uuid.uuid4()), name.strip(), classification_type, domain_id, description
-        )
+        project = _new_project(name, classification_type, domain_id, description)
         project_id = self._claim(self._projects, _NAME_PK, name, project.id)
         if project_id != project.id:
             existing = self.get_project(project_id)
             if existing is not None:
                 return existing
-            project = Project(project_id, name.strip(), classification_type, domain_id, description)
-        entity = {
-            "PartitionKey": _PROJECT_PK,
-            "RowKey": project.id,
-            "name": project.name,
-            "classificationType": project.classification_type,
-            "domainId": project.domain_id,
-            "description": project.description,
-            "created": project.created,
-        }
+            project = dataclasses.replace(project, id=project_id)
         try:
-            self._projects.create_entity(entity)
+            self._projects.create_entity(_project_entity(project))
         except ResourceExistsError:
             return self.get_project(project.id) or project
         return project
@@ -418,22 +425,10 @@ class LabelStore:
         :meth:`create_project` returns the existing project instead: right for a drop folder,
         where the name is the project; wrong for the API, which would silently merge projects.
         """
-        if classification_type not in CLASSIFICATION_TYPES:
-            raise ValueError(f"classification type must be one of {CLASSIFICATION_TYPES}")
-        project = Project(
-            str(uuid.uuid4()), name.strip(), classification_type, domain_id, description
-        )
+        project = _new_project(name, classification_type, domain_id, description)
         self._claim_unique(self._projects, _NAME_PK, name, project.id,
                            lambda owner: self.get_project(owner) is not None)
-        self._projects.create_entity({
-            "PartitionKey": _PROJECT_PK,
-            "RowKey": project.id,
-            "name": project.name,
-            "classificationType": project.classification_type,
-            "domainId": project.domain_id,
-            "description": project.description,
-            "created": project.created,
-        })
+        self._projects.create_entity(_project_entity(project))
         return project
 
     def update_project(
