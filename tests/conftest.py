@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from visionpipe import names
-from visionpipe.label_store import LabelStore
+from visionpipe.label_store import LabelStore, Project
 from visionpipe.local.azurite import Azurite, free_port, start_azurite
-from visionpipe.registry import Registry
+from visionpipe.registry import Iteration, Registry
 from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage, get_storage
 
@@ -122,3 +122,20 @@ def app_setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, str 
 
     yield change
     reset_settings()  # read again, lazily, once monkeypatch has restored the environment
+
+
+@pytest.fixture
+def project(label_store: LabelStore, project_name: str) -> Project:
+    """A fresh multiclass project."""
+    return label_store.create_project(project_name)
+
+
+@pytest.fixture
+def published(registry: Registry, label_store: LabelStore, project: Project) -> Iteration:
+    """A tiny real ONNX iteration of ``project`` (tests/model_factory.py), published as "prod"."""
+    from tests.model_factory import register_color_iteration
+    from visionpipe.publishing import publish
+
+    iteration = register_color_iteration(registry, label_store, project)
+    publish(registry, label_store, project.id, iteration.id, "prod")
+    return iteration

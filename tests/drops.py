@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import azure.functions as func
+
 from visionpipe.events import BlobCreated, parse_blob_created
 from visionpipe.local.bridge import blob_created_event
 from visionpipe.storage import Storage
@@ -27,6 +29,16 @@ def typed(event: dict[str, object], container: str) -> BlobCreated:
         event_id=str(event["id"]), event_type=str(event["eventType"]),
         subject=str(event["subject"]), data=event["data"],  # type: ignore[arg-type]
         container=container,
+    )
+
+
+def grid_event(raw: dict[str, object], **override: object) -> func.EventGridEvent:
+    """The binding object the Functions host would hand an Event Grid trigger for ``raw``."""
+    raw = {**raw, **override}
+    return func.EventGridEvent(
+        id=str(raw["id"]), data=raw["data"],  # type: ignore[arg-type]
+        topic=str(raw["topic"]), subject=str(raw["subject"]),
+        event_type=str(raw["eventType"]), event_time=None, data_version="",
     )
 
 

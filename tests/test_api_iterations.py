@@ -33,11 +33,6 @@ def client(local_host: str) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture
-def project(label_store: LabelStore, project_name: str) -> Project:
-    return label_store.create_project(project_name)
-
-
 # Six test images over three tags, with probabilities that make 0.5 and 0.8 answer differently.
 LABELS = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], float)
 PROBS = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1],

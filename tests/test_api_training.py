@@ -52,11 +52,6 @@ def client(local_host: str, request_queue: str) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture
-def project(label_store: LabelStore, project_name: str) -> Project:
-    return label_store.create_project(project_name)
-
-
 def label(label_store: LabelStore, project: Project, tag_name: str, n: int) -> list[str]:
     """``n`` labelled image records under ``tag_name`` (bytes are never read by the route)."""
     tag = label_store.get_or_create_tag(project.id, tag_name)

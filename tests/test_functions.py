@@ -9,21 +9,12 @@ import pytest
 
 from functions.health import health
 from functions.ingest import ingest_training_image
-from tests.drops import upload
+from tests.drops import grid_event, upload
 from visionpipe import names
 from visionpipe.label_store import LabelStore
 from visionpipe.local.host import indexed_functions
 from visionpipe.local.samples import make_image
 from visionpipe.storage import Storage
-
-
-def grid_event(raw: dict[str, object], **override: object) -> func.EventGridEvent:
-    raw = {**raw, **override}
-    return func.EventGridEvent(
-        id=str(raw["id"]), data=raw["data"],  # type: ignore[arg-type]
-        topic=str(raw["topic"]), subject=str(raw["subject"]),
-        event_type=str(raw["eventType"]), event_time=None, data_version="",
-    )
 
 
 def test_app_functions_match_the_contract(function_app_module: object) -> None:

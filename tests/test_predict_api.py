@@ -17,23 +17,10 @@ from tests.model_factory import color_image, register_color_iteration
 from visionpipe.api_errors import ACCESS_DENIED_MESSAGE
 from visionpipe.label_store import LabelStore, Project
 from visionpipe.prediction_store import PredictionStore
-from visionpipe.publishing import publish
 from visionpipe.registry import Iteration, Registry
 from visionpipe.storage import Storage
 
 MB = 1024 * 1024
-
-
-@pytest.fixture
-def project(label_store: LabelStore, project_name: str) -> Project:
-    return label_store.create_project(project_name)
-
-
-@pytest.fixture
-def published(registry: Registry, label_store: LabelStore, project: Project) -> Iteration:
-    iteration = register_color_iteration(registry, label_store, project)
-    publish(registry, label_store, project.id, iteration.id, "prod")
-    return iteration
 
 
 def request(project_id: str, body: bytes, *, name: str = "prod", version: str = "v3.1",

@@ -12,32 +12,21 @@ import uuid
 from dataclasses import replace
 from datetime import datetime
 
-import azure.functions as func
 import pytest
 
 from functions.predict import predict_image
-from tests.drops import typed, upload, wait_for
-from tests.model_factory import color_image, register_color_iteration
+from tests.drops import grid_event, typed, upload, wait_for
+from tests.model_factory import color_image
 from visionpipe import names
-from visionpipe.label_store import LabelStore, Project
+from visionpipe.label_store import Project
 from visionpipe.local.bridge import EventGridBridge
 from visionpipe.manifest import MODEL_FILE
 from visionpipe.predict import DropFolderPredictor, DropOutcome, drop_prediction_id
 from visionpipe.prediction_store import PredictionStore
-from visionpipe.publishing import publish
 from visionpipe.quarantine import REASON_SUFFIX
 from visionpipe.registry import Iteration, Registry
 from visionpipe.settings import ImageLimits, get_settings
 from visionpipe.storage import Storage
-
-
-def grid_event(raw: dict[str, object], **override: object) -> func.EventGridEvent:
-    raw = {**raw, **override}
-    return func.EventGridEvent(
-        id=str(raw["id"]), data=raw["data"],  # type: ignore[arg-type]
-        topic=str(raw["topic"]), subject=str(raw["subject"]),
-        event_type=str(raw["eventType"]), event_time=None, data_version="",
-    )
 
 
 def read_result(storage: Storage, path: str) -> dict[str, object] | None:
@@ -55,18 +44,6 @@ def read_reason(storage: Storage, path: str) -> dict[str, object]:
 
 def input_exists(storage: Storage, path: str) -> bool:
     return bool(storage.container(names.PREDICT_IMAGES).get_blob_client(path).exists())
-
-
-@pytest.fixture
-def project(label_store: LabelStore, project_name: str) -> Project:
-    return label_store.create_project(project_name)
-
-
-@pytest.fixture
-def published(registry: Registry, label_store: LabelStore, project: Project) -> Iteration:
-    iteration = register_color_iteration(registry, label_store, project)
-    publish(registry, label_store, project.id, iteration.id, "prod")
-    return iteration
 
 
 def test_predict_binding_metadata() -> None:

@@ -18,11 +18,6 @@ from visionpipe.label_store import LabelStore, Project
 from visionpipe.registry import IterationStatus, Registry
 
 
-@pytest.fixture
-def project(label_store: LabelStore, project_name: str) -> Project:
-    return label_store.create_project(project_name)
-
-
 def call(method: str, project_id: str, iteration_id: str, *, version: str = "v3.3",
          params: dict[str, str] | None = None,
          headers: dict[str, str] | None = None) -> func.HttpResponse:

@@ -52,11 +52,6 @@ class FakeClock:
 
 
 @pytest.fixture
-def project(label_store: LabelStore, project_name: str) -> Project:
-    return label_store.create_project(project_name)
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 

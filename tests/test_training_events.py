@@ -32,11 +32,6 @@ from visionpipe.storage import Storage
 
 
 @pytest.fixture
-def project(label_store: LabelStore, project_name: str) -> Project:
-    return label_store.create_project(project_name)
-
-
-@pytest.fixture
 def auto_publish(app_setting: Callable[[str, str | None], None]) -> None:
     app_setting(SETTING_AUTO_PUBLISH, "true")
     app_setting(SETTING_AUTO_PUBLISH_NAME, None)
