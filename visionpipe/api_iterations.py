@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from visionpipe import api_errors, names
+from visionpipe.api_models import iso
 from visionpipe.label_store import LabelStore, Project
 from visionpipe.manifest import METRICS_FILE, MODEL_FILE
 from visionpipe.registry import Iteration, IterationStatus, NotFound, Publications, Registry
@@ -28,15 +28,6 @@ EXPORT_PLATFORMS = ("ONNX",)
 # client may ask for: the model is what it is, so every flavor gets the same file.
 ONNX_FLAVORS = ("ONNX10", "ONNX12")
 MAX_TAKE = 256
-
-
-def iso(moment: datetime | None) -> str | None:
-    """Custom Vision's timestamps: ISO-8601 UTC with a ``Z``."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -22,10 +22,12 @@ TAG_TYPES = ("Regular", "Negative", "GeneralProduct")
 
 
 def iso(moment: datetime | None) -> str | None:
-    """ISO-8601 in UTC with a ``Z``, as the service writes timestamps."""
+    """ISO-8601 in UTC with milliseconds and a ``Z``, as the service writes timestamps."""
     if moment is None:
         return None
-    return moment.isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def project_to_dict(project: Project) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 
 from visionpipe import api_errors, names
+from visionpipe.api_models import iso
 from visionpipe.events import BlobCreated
 from visionpipe.label_store import LabelStore, Project
 from visionpipe.multipart import BadBody, image_from_body
@@ -92,8 +93,7 @@ class DropOutcome(StrEnum):
 
 def now_iso(moment: datetime | None = None) -> str:
     """ISO-8601 in UTC with milliseconds and a ``Z``, as Custom Vision writes ``created``."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(moment or datetime.now(UTC)) or ""
 
 
 @dataclass(frozen=True)
