@@ -37,11 +37,15 @@ demo: up  ## drop a generated sample set and show what the pipeline made of it
 test: setup  ## the whole suite; starts and stops its own Azurite
 	$(PY) -m pytest
 
+test-fast: setup  ## the suite without the tests marked slow (training, the whole stack)
+	$(PY) -m pytest -m "not slow"
+
 bench: setup  ## benchmarks; each prints a JSON line last
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-lint: setup
+lint: setup  ## ruff, and the layer contracts in pyproject.toml (import-linter)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean: down
 	rm -rf .local

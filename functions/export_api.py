@@ -17,13 +17,10 @@ EXPORT_ROUTE = ("customvision/{apiVersion}/training/projects/{projectId}/iterati
 
 
 def _link(req: func.HttpRequest) -> str:
-    from urllib.parse import urlsplit
-
-    from visionpipe.export_links import download_url
+    from visionpipe.export_links import download_url, public_base_url
     from visionpipe.settings import get_settings
 
-    url = urlsplit(req.url)
-    return download_url(f"{url.scheme}://{url.netloc}", req.route_params["apiVersion"],
+    return download_url(public_base_url(req.url), req.route_params["apiVersion"],
                         req.route_params["projectId"], req.route_params["iterationId"],
                         get_settings().training_key or "")
 
@@ -55,12 +52,12 @@ def download_export(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.settings import get_settings
 
     project_id, iteration_id = req.route_params["projectId"], req.route_params["iterationId"]
-    signed = verify(get_settings().training_key, project_id, iteration_id,
-                    req.params.get("expires"), req.params.get("sig"))
-    if not signed and check_training_key(req.headers) is not None:
-        return api_errors.to_http_response(api_errors.access_denied())
 
     def act() -> func.HttpResponse:
+        signed = verify(get_settings().training_key, project_id, iteration_id,
+                        req.params.get("expires"), req.params.get("sig"))
+        if not signed and check_training_key(req.headers) is not None:
+            raise api_errors.access_denied()
         data = IterationApi.create().model_bytes(project_id, iteration_id)
         return func.HttpResponse(data, mimetype="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{iteration_id}.onnx"'})

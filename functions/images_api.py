@@ -38,16 +38,16 @@ def _serve(req: func.HttpRequest, work: Callable[[Any, str], object],
     """Build the image context for this request and run ``work(ctx, project_id)``."""
     from visionpipe.api_adapter import json_response, training_call
     from visionpipe.api_images import Context
+    from visionpipe.export_links import public_base_url
     from visionpipe.label_store import LabelStore
     from visionpipe.settings import get_settings
     from visionpipe.storage import get_storage
 
     version = req.route_params.get("apiVersion", "")
-    base = req.url.split("/customvision/", 1)[0]
 
     def image_uri(project_id: str, image_id: str) -> str:
-        return (f"{base}/customvision/{version}/training/projects/{project_id}/images/"
-                f"{image_id}/original")
+        return (f"{public_base_url(req.url)}/customvision/{version}/training/projects/"
+                f"{project_id}/images/{image_id}/original")
 
     def run() -> object:
         storage = get_storage()

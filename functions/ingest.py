@@ -5,6 +5,7 @@ import logging
 import azure.functions as func
 
 from visionpipe import names
+from visionpipe.blob_names import escape_name
 from visionpipe.events import EventRefused, from_grid_event
 from visionpipe.settings import get_settings
 from visionpipe.storage import get_storage
@@ -27,4 +28,5 @@ def ingest_training_image(event: func.EventGridEvent) -> None:
         log.error("refused: %s", e)
         return
     result = ingest_training_blob(blob, get_storage(), get_settings())
-    log.info("ingest %s/%s -> %s", result.container, result.path, result.outcome)
+    # The name came from the event: escaped, so a hostile one cannot forge log lines.
+    log.info("ingest %s/%s -> %s", result.container, escape_name(result.path), result.outcome)

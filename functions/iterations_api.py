@@ -51,13 +51,9 @@ def iteration(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _threshold(req: func.HttpRequest) -> float:
-    from visionpipe import api_errors
+    from visionpipe.api_adapter import query
 
-    raw = req.params.get("threshold")
-    try:
-        return float(raw) if raw not in (None, "") else 0.5
-    except ValueError as e:
-        raise api_errors.bad_request("BadRequestInvalid", "threshold must be a number") from e
+    return query(req).number("threshold", 0.5, 0.0, 1.0)
 
 
 @bp.function_name("iteration_performance")
@@ -72,12 +68,9 @@ def iteration_performance(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _int(req: func.HttpRequest, name: str, default: int) -> int:
-    from visionpipe import api_errors
+    from visionpipe.api_adapter import query
 
-    try:
-        return int(req.params.get(name) or default)
-    except ValueError as e:
-        raise api_errors.bad_request("BadRequestInvalid", f"{name} must be an integer") from e
+    return query(req).integer(name, default)
 
 
 @bp.function_name("image_performances")

@@ -5,6 +5,7 @@ import logging
 import azure.functions as func
 
 from visionpipe import names
+from visionpipe.blob_names import escape_name
 from visionpipe.events import EventRefused, from_grid_event
 from visionpipe.settings import get_settings
 from visionpipe.storage import get_storage
@@ -26,5 +27,6 @@ def predict_image(event: func.EventGridEvent) -> None:
         log.error("refused: %s", e)
         return
     result = DropFolderPredictor(get_storage(), get_settings()).handle(blob)
-    log.info("predict %s -> %s%s", result.path, result.outcome,
+    # The name came from the event: escaped, so a hostile one cannot forge log lines.
+    log.info("predict %s -> %s%s", escape_name(result.path), result.outcome,
              f" ({result.code})" if result.code else "")

@@ -5,16 +5,14 @@ and ``.../image/nostore``; multipart/form-data or application/octet-stream; ``Pr
 """
 
 import json
-import logging
 
 import azure.functions as func
 
 from visionpipe import api_errors
-from visionpipe.api_errors import ApiError
 from visionpipe.auth import check_prediction_key
 
 bp = func.Blueprint()
-log = logging.getLogger(__name__)
+MAX_APPLICATION = 256  # the ?application= label stored with each prediction
 
 CLASSIFY_ROUTE = ("customvision/{apiVersion}/prediction/{projectId}/classify/iterations/"
                   "{publishedName}/image")
@@ -22,24 +20,21 @@ CLASSIFY_ROUTE = ("customvision/{apiVersion}/prediction/{projectId}/classify/ite
 
 def classify(req: func.HttpRequest, *, store: bool) -> func.HttpResponse:
     # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
+    from visionpipe.api_adapter import authorized, guarded, query
     from visionpipe.predict import PREDICTION_API_VERSIONS, classify_request
 
-    denied = check_prediction_key(req.headers)
-    if denied is not None:
-        return api_errors.to_http_response(denied)
-    try:
+    def act() -> func.HttpResponse:
+        authorized(req, check_prediction_key(req.headers))
         if req.route_params.get("apiVersion") not in PREDICTION_API_VERSIONS:
             raise api_errors.not_found()
         result = classify_request(
             req.route_params["projectId"], req.route_params["publishedName"], req.get_body(),
             req.headers.get("Content-Type"), store=store,
-            application=req.params.get("application") or "")
-    except ApiError as e:
-        return api_errors.to_http_response(e)
-    except Exception as e:  # answer in Custom Vision's shape, keep the trace in the log
-        log.exception("prediction failed")
-        return api_errors.to_http_response(api_errors.prediction_failed(type(e).__name__))
-    return func.HttpResponse(json.dumps(result.to_dict()), mimetype="application/json")
+            application=query(req).string("application", max_length=MAX_APPLICATION) or "")
+        return func.HttpResponse(json.dumps(result.to_dict()), mimetype="application/json")
+
+    # Errors (and anything unexpected, as a detail-free 500) as every adapter answers them.
+    return guarded(req, act)
 
 
 @bp.function_name("classify_image")

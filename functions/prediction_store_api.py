@@ -29,24 +29,27 @@ def query_predictions(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=PROJECT_ROUTE + "/predictions", methods=["DELETE"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def delete_predictions(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import id_list, training_call
+    from visionpipe.api_adapter import query, training_call
     from visionpipe.api_iterations import IterationApi
     from visionpipe.api_training import delete_predictions as delete
+    from visionpipe.api_values import is_id
 
-    return training_call(req, lambda: delete(IterationApi.create(), req.route_params["projectId"],
-                                             id_list(req.params.get("ids"))))
+    # Unknown ids are ignored, and something that is not an id is unknown (never a table key).
+    return training_call(req, lambda: delete(
+        IterationApi.create(), req.route_params["projectId"],
+        [i for i in query(req).ids("ids") if is_id(i)]))
 
 
 @bp.function_name("suggested_images")
 @bp.route(route=PROJECT_ROUTE + "/images/suggested", methods=["POST"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def suggested_images(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import json_body, training_call
+    from visionpipe.api_adapter import json_body, query, training_call
     from visionpipe.api_iterations import IterationApi
     from visionpipe.api_training import suggested_images as suggested
 
     return training_call(req, lambda: suggested(
-        IterationApi.create(), req.route_params["projectId"], req.params.get("iterationId"),
+        IterationApi.create(), req.route_params["projectId"], query(req).id("iterationId"),
         json_body(req)))
 
 
@@ -54,10 +57,10 @@ def suggested_images(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=PROJECT_ROUTE + "/images/suggested/count", methods=["POST"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def suggested_image_count(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import json_body, training_call
+    from visionpipe.api_adapter import json_body, query, training_call
     from visionpipe.api_iterations import IterationApi
     from visionpipe.api_training import suggested_image_count as count
 
     return training_call(req, lambda: count(
-        IterationApi.create(), req.route_params["projectId"], req.params.get("iterationId"),
+        IterationApi.create(), req.route_params["projectId"], query(req).id("iterationId"),
         json_body(req)))

@@ -19,19 +19,20 @@ QUICKTEST_ROUTE = "customvision/{apiVersion}/training/projects/{projectId}/quick
           auth_level=func.AuthLevel.ANONYMOUS)
 def quick_test_image(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe import api_errors
-    from visionpipe.api_adapter import flag, training_call
+    from visionpipe.api_adapter import query, training_call
     from visionpipe.api_iterations import IterationApi
     from visionpipe.api_training import quick_test
     from visionpipe.multipart import BadBody, image_from_body
 
     def act() -> object:
+        params = query(req)
         try:
             data = image_from_body(req.get_body(), req.headers.get("Content-Type"))
         except BadBody as e:
             raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
         return quick_test(IterationApi.create(), req.route_params["projectId"], data,
-                          iteration_id=req.params.get("iterationId") or None,
-                          store=flag(req.params.get("store"), True))
+                          iteration_id=params.id("iterationId"),
+                          store=params.flag("store", True))
 
     return training_call(req, act)
 
@@ -39,19 +40,15 @@ def quick_test_image(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("quick_test_url")
 @bp.route(route=QUICKTEST_ROUTE + "/url", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def quick_test_url(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import flag, json_body, training_call
+    from visionpipe.api_adapter import json_body, query, training_call
     from visionpipe.api_iterations import IterationApi
-    from visionpipe.api_training import fetch_url, quick_test
-    from visionpipe.settings import get_settings
+    from visionpipe.api_training import quick_test_url as quick_test
 
     def act() -> object:
-        api = IterationApi.create()
-        project_id = req.route_params["projectId"]
-        api.project(project_id)
-        url = json_body(req, required=True).get("url")
-        data = fetch_url(url, get_settings().training_limits.max_bytes)
-        return quick_test(api, project_id, data,
-                          iteration_id=req.params.get("iterationId") or None,
-                          store=flag(req.params.get("store"), True))
+        params = query(req)
+        url = json_body(req, required=True).string("url", required=True, max_length=4096)
+        return quick_test(IterationApi.create(), req.route_params["projectId"], url or "",
+                          iteration_id=params.id("iterationId"),
+                          store=params.flag("store", True))
 
     return training_call(req, act)

@@ -17,26 +17,19 @@ TRAIN_ROUTE = "customvision/{apiVersion}/training/projects/{projectId}/train"
 @bp.function_name("train_project")
 @bp.route(route=TRAIN_ROUTE, methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def train_project(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_errors
-    from visionpipe.api_adapter import flag, json_body, training_call
+    from visionpipe.api_adapter import json_body, query, training_call
     from visionpipe.api_iterations import IterationApi
     from visionpipe.api_training import train
 
     def act() -> object:
-        body = json_body(req)
-        selected = body.get("selectedTags") or []
-        if not isinstance(selected, list) or not all(isinstance(t, str) for t in selected):
-            raise api_errors.bad_request("BadRequest", "selectedTags must be a list of tag ids")
-        try:
-            budget = int(req.params.get("reservedBudgetInHours") or 0)
-        except ValueError as e:
-            raise api_errors.bad_request("BadRequest",
-                                         "reservedBudgetInHours must be an integer") from e
+        params = query(req)
+        selected = json_body(req).strings("selectedTags", max_items=256, max_length=64)
         # notificationEmailAddress: accepted; visionpipe notifies on the training-events queue.
         return train(IterationApi.create(), req.route_params["projectId"],
-                     training_type=req.params.get("trainingType") or None,
-                     reserved_budget_in_hours=budget,
-                     force_train=flag(req.params.get("forceTrain"), False),
+                     training_type=params.string("trainingType", max_length=64),
+                     reserved_budget_in_hours=params.integer("reservedBudgetInHours", 0, 0,
+                                                             10_000),
+                     force_train=params.flag("forceTrain", False),
                      selected_tags=selected)
 
     return training_call(req, act)

@@ -22,11 +22,13 @@ def on_training_event(msg: func.QueueMessage) -> None:
     from visionpipe.registry import Registry
 
     # A message that is not a training event raises BadMessage: after maxDequeueCount tries the
-    # runtime moves it to the poison queue, where it stays for a person to look at.
+    # runtime moves it to the poison queue, where it stays for a person to look at. An event
+    # that its iteration's artifacts do not back (forged, early) is ignored: outcome "Ignored".
     event = TrainingEvent.from_json(msg.get_body())
     storage = get_storage()
     outcome = handle_training_event(event, Registry(storage), LabelStore(storage),
                                     AutoPublishConfig.from_settings(get_settings()))
     log.info("training event %s for %s/%s (dequeue %s) -> %s%s", event.training_status,
              event.project_id, event.iteration_id, msg.dequeue_count, outcome.status,
-             f", published as {outcome.published.publish_name!r}" if outcome.published else "")
+             f", published as {outcome.published.publish_name!r}" if outcome.published else
+             f" because {outcome.ignored_because}" if outcome.ignored_because else "")

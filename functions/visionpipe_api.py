@@ -28,21 +28,21 @@ ARTIFACTS = {
 
 
 def _call(req: func.HttpRequest, action: Callable[[], object]) -> func.HttpResponse:
-    """Check the training key, run ``action``, answer JSON or pass a response through."""
-    from visionpipe import api_errors
-    from visionpipe.api_errors import ApiError
+    """Check the training key, run ``action``, answer JSON or pass a response through (errors
+    as every adapter answers them: :func:`visionpipe.api_adapter.guarded`)."""
+    from visionpipe.api_adapter import authorized, guarded
     from visionpipe.auth import check_training_key
 
-    denied = check_training_key(req.headers)
-    if denied is not None:
-        return api_errors.to_http_response(denied)
-    try:
-        result = action()
-    except ApiError as e:
-        return api_errors.to_http_response(e)
-    if isinstance(result, func.HttpResponse):
-        return result
-    return func.HttpResponse(json.dumps(result), mimetype="application/json")
+    def work() -> object:
+        authorized(req, check_training_key(req.headers))
+        return action()
+
+    def answer(result: object) -> func.HttpResponse:
+        if isinstance(result, func.HttpResponse):
+            return result
+        return func.HttpResponse(json.dumps(result), mimetype="application/json")
+
+    return guarded(req, work, answer)
 
 
 @bp.function_name("visionpipe_quarantine")
@@ -53,15 +53,15 @@ def quarantine(req: func.HttpRequest) -> func.HttpResponse:
         from visionpipe import names
         from visionpipe.api_projects import require_project
         from visionpipe.label_store import LabelStore
-        from visionpipe.quarantine import list_quarantined
+        from visionpipe.quarantine import list_project_quarantine
         from visionpipe.storage import get_storage
 
         storage = get_storage()
         project = require_project(LabelStore(storage), req.route_params["projectId"])
         return [
             {"container": container, **reason}
-            for container in (names.TRAINING_IMAGES, names.PREDICT_IMAGES)
-            for reason in list_quarantined(storage, prefix=f"{container}/{project.name}/")
+            for container in names.DROP_CONTAINERS
+            for reason in list_project_quarantine(storage, container, project.name)
         ]
 
     return _call(req, act)

@@ -31,7 +31,7 @@ param resourceGroupName string = ''
 @description('Object id of a user or group to grant data access to storage (uploads with --auth-mode login); empty for none.')
 param principalId string = ''
 
-@description('Principal type of principalId.')
+@description('Principal type of principalId (azd sets AZURE_PRINCIPAL_TYPE: ServicePrincipal when a CI pipeline deploys).')
 @allowed([
   'User'
   'Group'

@@ -5,6 +5,8 @@ using './main.bicep'
 param environmentName = readEnvironmentVariable('AZURE_ENV_NAME', 'visionpipe')
 param location = readEnvironmentVariable('AZURE_LOCATION', 'swedencentral')
 param principalId = readEnvironmentVariable('AZURE_PRINCIPAL_ID', '')
+// User for a person; ServicePrincipal when a pipeline deploys (azd sets it from its login).
+param principalType = readEnvironmentVariable('AZURE_PRINCIPAL_TYPE', 'User')
 param gpu = readEnvironmentVariable('VISIONPIPE_GPU', 'T4')
 param trainingImage = readEnvironmentVariable('VISIONPIPE_TRAINING_IMAGE', '')
 // The API keys have no default: scripts/generate_keys.sh makes them (azd runs it before provisioning).

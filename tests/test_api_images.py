@@ -303,7 +303,7 @@ def test_ingest_event_for_an_api_blob_changes_nothing(
         record = label_store.find_image(project_id, image.id)
         assert record is not None
         props = container.get_blob_client(record.blob_paths[0]).get_blob_properties()
-        assert props.metadata == {"visionpipe_source": "api"}
+        assert props.metadata["visionpipe_source"] == "api"
         event = blob_created_event(storage, names.TRAINING_IMAGES, record.blob_paths[0],
                                    props.etag, props.size, props.content_settings.content_type)
         response = httpx.post(hook, json=[event], headers={"aeg-event-type": "Notification"})

@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -220,7 +220,10 @@ def image_server() -> Iterator[str]:
 
 
 def test_quick_test_url(client: httpx.Client, registry: Registry, label_store: LabelStore,
-                        project: Project, image_server: str) -> None:
+                        project: Project, image_server: str,
+                        app_setting: Callable[[str, str | None], None]) -> None:
+    # The image server is on loopback, which the SSRF guard refuses unless the operator allows it.
+    app_setting("URL_FETCH_ALLOWED_NETWORKS", "127.0.0.0/8")
     it = register_color_iteration(registry, label_store, project)
     url = f"/projects/{project.id}/quicktest/url"
     r = client.post(url, params={"iterationId": it.id, "store": "false"},

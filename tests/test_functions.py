@@ -23,9 +23,9 @@ def test_app_functions_match_the_contract(function_app_module: object) -> None:
     assert names.INGEST_FUNCTION in functions
     assert names.HEALTH_FUNCTION in functions
     for container, function in names.EVENT_SUBSCRIPTIONS.items():
-        if function in functions:
-            trigger = functions[function].get_trigger().get_dict_repr()
-            assert trigger["type"] == "eventGridTrigger", container
+        assert function in functions, f"{container}: no function {function}"
+        trigger = functions[function].get_trigger().get_dict_repr()
+        assert trigger["type"] == "eventGridTrigger", container
 
 
 def test_ingest_binding_metadata() -> None:

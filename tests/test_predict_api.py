@@ -13,6 +13,7 @@ import pytest
 
 from functions.prediction_api import CLASSIFY_ROUTE, classify_image, classify_image_nostore
 from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
+from tests.drops import wait_for
 from tests.model_factory import color_image, register_color_iteration
 from visionpipe.api_errors import ACCESS_DENIED_MESSAGE
 from visionpipe.label_store import LabelStore, Project
@@ -207,16 +208,10 @@ def test_the_official_sdk_works_unmodified(local_host: str, project: Project,
     assert caught.value.error.code == "NotFoundIteration"
 
 
-def test_pixels_that_do_not_decode_are_a_400(
-    project: Project, published: Iteration, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from visionpipe import serving
-
-    def broken(data: bytes, spec: object) -> object:
-        raise OSError("image file is truncated")
-
-    monkeypatch.setattr(serving, "prepare_image", broken)
-    response = call(request(project.id, color_image("red")))
+def test_pixels_that_do_not_decode_are_a_400(project: Project, published: Iteration) -> None:
+    # Validation's decode is the model's decode: a file cut short fails it, a 400, never a 500.
+    whole = color_image("red", fmt="PNG")
+    response = call(request(project.id, whole[: len(whole) // 2]))
     assert response.status_code == 400
     body = json.loads(response.get_body())
     assert body["code"] == "BadRequestImageFormat" and "truncated" in body["message"]
@@ -243,24 +238,18 @@ def test_hot_swap_over_http_while_requests_run(
                 mine.append((r.status_code, body.get("iteration", ""),
                              body.get("predictions", [{}])[0].get("tagName", "")))
 
-    def wait_until(condition: object) -> None:
-        for _ in range(3000):  # a generous bound, reached only when something is broken
-            if condition():  # type: ignore[operator]
-                return
-            threading.Event().wait(0.01)
-
     threads = [threading.Thread(target=client, args=(mine,)) for mine in seen]
     for t in threads:
         t.start()
     try:
-        wait_until(lambda: all(len(mine) >= 3 for mine in seen))
+        wait_for(lambda: all(len(mine) >= 3 for mine in seen))
         swap = httpx.post(
             f"{local_host}/customvision/v3.4-preview/training/projects/{project.id}/iterations/"
             f"{newer.id}/publish", params={"publishName": "prod", "predictionId": "p",
                                            "overwrite": "true"},
             headers={"Training-Key": TEST_TRAINING_KEY}, timeout=30)
         assert swap.status_code == 200
-        wait_until(lambda: all(sum(1 for s in mine if s[1] == newer.id) >= 3 for mine in seen))
+        wait_for(lambda: all(sum(1 for s in mine if s[1] == newer.id) >= 3 for mine in seen))
     finally:
         stop.set()
         for t in threads:

@@ -233,16 +233,11 @@ def test_drop_to_result_through_the_bridge(
 
 
 def test_pixels_that_do_not_decode_are_answered_as_corrupt(
-    storage: Storage, project: Project, published: Iteration, monkeypatch: pytest.MonkeyPatch
+    storage: Storage, project: Project, published: Iteration
 ) -> None:
-    """Validation samples the file; should the full decode still fail, it is the input's fault."""
-    from visionpipe import serving
-
-    def broken(data: bytes, spec: object) -> object:
-        raise OSError("image file is truncated")
-
-    monkeypatch.setattr(serving, "prepare_image", broken)
-    path = f"{project.name}/x.jpg"
-    raw = upload(storage, names.PREDICT_IMAGES, path, color_image("red"))
+    """Validation's decode is the model's decode: pixels cut short are the input's fault."""
+    path = f"{project.name}/x.png"
+    whole = color_image("red", fmt="PNG")
+    raw = upload(storage, names.PREDICT_IMAGES, path, whole[: len(whole) // 2])
     predict_image.build().get_user_function()(grid_event(raw))
     _assert_rejected(storage, path, "corrupt", project.id)

@@ -7,7 +7,6 @@ clock wherever the published pointer's max age matters, so nothing here depends 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.drops import wait_for
 from tests.model_factory import (
     SMALL_SPEC,
     build_color_model,
@@ -398,21 +398,15 @@ def test_hot_swap_while_requests_run(
                 errors.append(e)
                 return
 
-    def wait_until(condition: Callable[[], bool]) -> None:
-        for _ in range(3000):  # generous bound, only hit when something is broken
-            if condition() or errors:
-                return
-            threading.Event().wait(0.01)
-
     threads = [threading.Thread(target=client, args=(mine,)) for mine in seen]
     for t in threads:
         t.start()
     try:
-        wait_until(lambda: all(len(mine) >= 5 for mine in seen))
+        wait_for(lambda: errors or all(len(mine) >= 5 for mine in seen), timeout=30)
         registry.publish(project.id, second.id, "prod")  # as another instance would
         clock.now += 5.0
-        wait_until(lambda: all(
-            sum(1 for s in mine if s[0] == second.id) >= 5 for mine in seen))
+        wait_for(lambda: errors or all(
+            sum(1 for s in mine if s[0] == second.id) >= 5 for mine in seen), timeout=30)
     finally:
         stop.set()
         for t in threads:

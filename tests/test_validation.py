@@ -137,12 +137,6 @@ def test_sample_kinds_are_deterministic_and_distinct() -> None:
     assert len(set(means.values())) == len(samples.KINDS)
 
 
-def test_valid_image_is_frozen() -> None:
-    valid = _valid(GOOD["image.bmp"])
-    with pytest.raises(AttributeError):
-        valid.width = 1  # type: ignore[misc]
-
-
 # --- the rules, exactly ----------------------------------------------------------------------
 
 

@@ -2,19 +2,23 @@
 
 Container Apps Jobs have no Functions runtime, so the job does what the runtime would: it keeps
 the request invisible while it works (renewing the visibility timeout), deletes it only after
-the iteration is registered or recorded Failed, and moves a message that keeps failing to
-``{queue}-poison`` after ``max_dequeue_count`` attempts, so nothing loops forever. A worker killed
-mid-run simply stops renewing: the message reappears and the same iteration id is retrained.
+the iteration is registered or recorded Failed, and parks a request it can never process in
+``{queue}-poison``: on its first delivery when the message itself is wrong (not JSON, ill-typed
+fields, ids that are not GUIDs, an unknown project: :mod:`visionpipe.messages` says which), after
+``max_dequeue_count`` deliveries when every attempt died. Either way the request ends as exactly
+one copy there and leaves the queue, whatever else fails on the way, because in Azure every
+redelivery starts another GPU job. A worker killed mid-run simply stops renewing: the message
+reappears and the same iteration id is retrained.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import json
 import logging
 import threading
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -34,6 +38,7 @@ from visionpipe.messages import (
     BadMessage,
     TrainingEvent,
     TrainingRequest,
+    decode_body,
 )
 from visionpipe.registry import IterationStatus, Registry
 from visionpipe.storage import Storage
@@ -42,14 +47,16 @@ log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _MAX_REASON = 2000
+#: Beside each poisoned request, in the quarantine container: why, and that its copy was made.
+PARKED_SUFFIX = ".reason.json"
 
 
 class Outcome(StrEnum):
     COMPLETED = "completed"  # registered, event sent, message deleted
     FAILED = "failed"  # recorded Failed, event sent, message deleted
-    DUPLICATE = "duplicate"  # the iteration was already finished: event re-sent, message deleted
-    REJECTED = "rejected"  # malformed or unknown project: left for retry, poison after the max
-    POISONED = "poisoned"  # moved to {queue}-poison
+    DUPLICATE = "duplicate"  # already finished (event re-sent, message deleted), or a stale
+    # duplicate delivery of a request another delivery holds now (left to that one)
+    POISONED = "poisoned"  # one copy in {queue}-poison, deleted here (bad, or tried too often)
     RETRY = "retry"  # a transient error: left for another attempt
     RELEASED = "released"  # asked to stop: the message is visible again at once
     LEASE_LOST = "lease_lost"  # another execution owns the request now: nothing registered
@@ -66,16 +73,9 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, HttpResponseError) and exc.status_code in _TRANSIENT_STATUS
 
 
-def decode_body(content: Any) -> str:
-    """Base64 JSON (the Functions default encoding) or, leniently, plain JSON text as a person
-    may enqueue it from a portal or Storage Explorer."""
-    if isinstance(content, bytes):
-        content = content.decode("utf-8", errors="replace")
-    text = content or ""
-    try:
-        return base64.b64decode(text, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return text
+def stale_receipt(exc: HttpResponseError) -> bool:
+    """The message is gone, or another delivery holds it now (our pop receipt is outdated)."""
+    return exc.status_code == 404 or getattr(exc, "error_code", None) == "PopReceiptMismatch"
 
 
 @dataclass
@@ -84,7 +84,7 @@ class WorkerOptions:
     events_queue: str = names.TRAINING_EVENTS
     visibility_timeout: int = 300  # seconds; renewed every third of it while training
     max_dequeue_count: int = 5  # the Functions host default for queue triggers
-    retry_delay: int = 10  # seconds before a rejected message is visible again
+    retry_delay: int = 10  # seconds before a transiently failed request is visible again
     poll_interval: float = 1.0  # --watch
 
 
@@ -197,17 +197,26 @@ class Worker:
 
     # --- one message ---------------------------------------------------------------------------
     def handle(self, message: Any) -> Outcome:
-        body = decode_body(message.content)
         count = int(message.dequeue_count or 1)
         limit = self.options.max_dequeue_count
-        if count > limit:
-            return self._poison(message, body, f"dequeued {count} times (max {limit}); "
-                                "every earlier attempt died without finishing")
         try:
-            request = TrainingRequest.from_json(body)
+            request = TrainingRequest.from_queue(message.content)
+        except BadMessage as e:  # no retry can fix the message itself: park it now
+            return self._poison(message, "bad_request", f"bad training request: {e}")
+        project: Project | None = None
+        try:
             project = self._project(request)
         except BadMessage as e:
-            return self._reject(message, body, str(e))
+            return self._poison(message, "unknown_project", str(e))
+        except Exception as e:
+            if count <= limit:
+                raise  # storage trouble: the next delivery tries again
+            log.error("training request %s: project lookup failed on a spent request: %s: %s",
+                      message.id, type(e).__name__, e)
+        if count > limit or project is None:
+            return self._poison(message, "too_many_attempts",
+                                f"dequeued {count} times (max {limit}); every earlier attempt "
+                                "died without finishing", project, request.iteration_id)
 
         iteration = self.registry.create_iteration(
             project.id,
@@ -221,7 +230,7 @@ class Worker:
             log.info("iteration %s is already %s: re-sending its event, dropping the duplicate",
                      iteration.id, iteration.status)
             self._event(project.id, iteration.id, iteration.status == IterationStatus.COMPLETED)
-            self.requests.delete_message(message.id, pop_receipt=message.pop_receipt)
+            self._delete(message.id, message.pop_receipt)
             return Outcome.DUPLICATE
 
         log.info("training iteration %s of project %s (%s, attempt %d)", iteration.id,
@@ -305,34 +314,77 @@ class Worker:
         )
         self._event(project_id, iteration_id, completed=False)
 
-    def _reject(self, message: Any, body: str, reason: str) -> Outcome:
-        count, limit = int(message.dequeue_count or 1), self.options.max_dequeue_count
-        log.warning("rejected training request %s (attempt %d of %d): %s; body: %.200s",
-                    message.id, count, limit, reason, body)
-        if count >= limit:
-            return self._poison(message, body, reason)
-        self.requests.update_message(message.id, pop_receipt=message.pop_receipt,
-                                     visibility_timeout=self.options.retry_delay)
-        return Outcome.REJECTED
+    # --- the poison path -----------------------------------------------------------------------
+    def _poison(self, message: Any, code: str, reason: str, project: Project | None = None,
+                iteration_id: str | None = None) -> Outcome:
+        """Park the message, unchanged, as exactly one copy in ``{queue}-poison`` and delete it
+        here; fail its iteration if it has one still Training.
 
-    def _poison(self, message: Any, body: str, reason: str) -> Outcome:
-        """Park the message, unchanged, in ``{queue}-poison``; fail its iteration if it has one."""
+        Only the delivery that holds the message parks it (a late duplicate delivery, whose pop
+        receipt is stale, leaves it to the holder); a copy that an earlier delivery made before
+        dying is not made again (its record in ``quarantine/{queue}/``). Failing the iteration is
+        best effort: whatever goes wrong there is logged, and the message leaves the queue anyway.
+        """
+        receipt = self._claim(message)
+        if receipt is None:
+            return Outcome.DUPLICATE
+        poison_name = self.options.queue + names.POISON_SUFFIX
+        record = self.storage.container(names.QUARANTINE).get_blob_client(
+            f"{self.options.queue}/{message.id}{PARKED_SUFFIX}")
+        if record.exists():
+            log.warning("training request %s: an earlier delivery already copied it to %s",
+                        message.id, poison_name)
+        else:
+            self._send_to_poison(message.content)
+            try:
+                record.upload_blob(json.dumps({
+                    "reason": code, "message": reason[:_MAX_REASON], "messageId": message.id,
+                    "dequeueCount": int(message.dequeue_count or 1), "queue": poison_name,
+                    "parkedAt": datetime.now(UTC).isoformat(),
+                }), overwrite=True)
+            except Exception as e:  # noqa: BLE001 - the copy is made; the record only dedupes
+                log.warning("training request %s: could not record its copy: %s", message.id, e)
+        log.error("moved training request %s to %s: %s; body: %.200r", message.id, poison_name,
+                  reason, decode_body(message.content))
+        if project is not None and iteration_id:
+            try:
+                iteration = self.registry.get_iteration(project.id, iteration_id)
+                if iteration is not None and iteration.status == IterationStatus.TRAINING:
+                    self._fail(project.id, iteration.id, f"gave up on the request: {reason}")
+            except Exception as e:  # noqa: BLE001 - the message must leave the queue regardless
+                log.error("training request %s: could not record iteration %s as Failed: %s: %s",
+                          message.id, iteration_id, type(e).__name__, e)
+        self._delete(message.id, receipt)
+        return Outcome.POISONED
+
+    def _claim(self, message: Any) -> str | None:
+        """Hide the message for the poison path with its pop receipt; None when that receipt is
+        stale (another delivery holds the message now, or it is gone)."""
         try:
-            self.poison.send_message(message.content)
+            updated = self.requests.update_message(
+                message.id, pop_receipt=message.pop_receipt,
+                visibility_timeout=self.options.visibility_timeout)
+        except HttpResponseError as e:
+            if not stale_receipt(e):
+                raise
+            log.warning("training request %s: another delivery holds it now (or it is gone); "
+                        "leaving it to that one", message.id)
+            return None
+        return str(updated.pop_receipt)
+
+    def _send_to_poison(self, content: Any) -> None:
+        try:
+            self.poison.send_message(content)
         except ResourceNotFoundError:
             with suppress(ResourceExistsError):
                 self.poison.create_queue()
-            self.poison.send_message(message.content)
-        log.error("moved training request %s to %s: %s", message.id,
-                  self.options.queue + names.POISON_SUFFIX, reason)
+            self.poison.send_message(content)
+
+    def _delete(self, message_id: str, receipt: str) -> None:
         try:
-            request = TrainingRequest.from_json(body)
-            project = self._project(request)
-        except BadMessage:
-            request, project = None, None
-        if request is not None and project is not None and request.iteration_id:
-            iteration = self.registry.get_iteration(project.id, request.iteration_id)
-            if iteration is not None and iteration.status == IterationStatus.TRAINING:
-                self._fail(project.id, iteration.id, f"gave up on the request: {reason}")
-        self.requests.delete_message(message.id, pop_receipt=message.pop_receipt)
-        return Outcome.POISONED
+            self.requests.delete_message(message_id, pop_receipt=receipt)
+        except HttpResponseError as e:
+            if not stale_receipt(e):
+                raise
+            log.warning("training request %s was already gone (or held by another delivery) "
+                        "when deleting it", message_id)

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import azure.functions as func
 
+    from visionpipe.api_errors import ApiError
+    from visionpipe.api_values import Query, Values
+
 log = logging.getLogger(__name__)
 
 #: The training API versions served (the SDK 3.1.1 speaks v3.4-preview; v3.3 is the last stable).
@@ -54,26 +57,25 @@ def training_call(
     :class:`~visionpipe.api_errors.ApiError` becomes its error body, anything else a 500 in the
     same shape.
     """
+    from visionpipe import api_errors
+
+    def work() -> Any:
+        if check_key:
+            from visionpipe.auth import check_training_key
+
+            authorized(req, check_training_key(req.headers))
+        else:
+            authorized(req, None)
+        if req.route_params.get("apiVersion") not in TRAINING_API_VERSIONS:
+            raise api_errors.not_found()
+        return action()
+
+    return guarded(req, work, lambda result: _answer(result, status))
+
+
+def _answer(result: Any, status: int) -> func.HttpResponse:
     import azure.functions as func
 
-    from visionpipe import api_errors
-    from visionpipe.api_errors import ApiError
-
-    if check_key:
-        from visionpipe.auth import check_training_key
-
-        denied = check_training_key(req.headers)
-        if denied is not None:
-            return api_errors.to_http_response(denied)
-    if req.route_params.get("apiVersion") not in TRAINING_API_VERSIONS:
-        return api_errors.to_http_response(api_errors.not_found())
-    try:
-        result = action()
-    except ApiError as e:
-        return api_errors.to_http_response(e)
-    except Exception as e:  # Custom Vision's shape for the client, the trace for the log
-        log.exception("%s %s failed", req.method, req.url)
-        return api_errors.to_http_response(ApiError(500, "Error", type(e).__name__))
     if result is None or status == 204:
         return func.HttpResponse(status_code=204)
     if isinstance(result, func.HttpResponse):
@@ -83,24 +85,56 @@ def training_call(
     return json_response(result, status)
 
 
-def json_body(req: func.HttpRequest, *, required: bool = False) -> dict[str, Any]:
-    """The request's JSON object body ({} when empty and not required)."""
+def guarded(req: func.HttpRequest, action: Callable[[], Any],
+            answer: Callable[[Any], func.HttpResponse] | None = None) -> func.HttpResponse:
+    """Run ``action`` and ``answer`` its result so that no route ever answers a bare 5xx: an
+    :class:`~visionpipe.api_errors.ApiError` is its error body, anything else a 500
+    ``InternalServerError`` without details (the trace goes to the log). Every adapter
+    (training, prediction, visionpipe's own routes) runs all of its work here, key checks
+    included; over-long query values are refused once the key is known to be right
+    (:func:`authorized`).
+    """
     from visionpipe import api_errors
+    from visionpipe.api_errors import ApiError
 
-    raw = req.get_body()
-    if not raw or not raw.strip():
-        if required:
-            raise api_errors.bad_request("BadRequest", "a JSON body is required")
-        return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise api_errors.bad_request("BadRequest", f"the body is not JSON: {e}") from e
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise api_errors.bad_request("BadRequest", "the body must be a JSON object")
-    return body
+        result = action()
+        return answer(result) if answer is not None else result
+    except ApiError as e:
+        return api_errors.to_http_response(e)
+    except Exception as e:  # Custom Vision's shape for the client, the trace for the log
+        from visionpipe.storage import is_unavailable
+
+        if is_unavailable(e):  # a storage outage: the client should retry, it is not our bug
+            log.warning("%s %s: storage unavailable: %s", req.method,
+                        req.url.split("?", 1)[0], type(e).__name__)
+            return api_errors.to_http_response(api_errors.service_unavailable())
+        log.exception("%s %s failed", req.method, req.url.split("?", 1)[0])
+        return api_errors.to_http_response(api_errors.internal_error())
+
+
+def authorized(req: func.HttpRequest, denied: ApiError | None) -> None:
+    """Raise the key check's refusal, if any, then refuse over-long query values (400): what
+    every adapter does before a route reads its parameters."""
+    from visionpipe.api_values import check_query
+
+    if denied is not None:
+        raise denied
+    check_query(req.params)
+
+
+def json_body(req: func.HttpRequest, *, required: bool = False) -> Values:
+    """The request's JSON object body, with typed accessors ({} when empty and not required)."""
+    from visionpipe.api_values import parse_json_object
+
+    return parse_json_object(req.get_body(), required=required)
+
+
+def query(req: func.HttpRequest) -> Query:
+    """The request's query parameters, with typed accessors."""
+    from visionpipe.api_values import Query
+
+    return Query(req.params)
 
 
 def flag(value: str | None, default: bool) -> bool:
@@ -118,15 +152,6 @@ def id_list(value: str | None) -> list[str]:
 def int_param(params: Mapping[str, str], name: str, default: int,
               low: int = 0, high: int | None = None) -> int:
     """An integer query parameter in ``[low, high]`` (``default`` when absent), or 400."""
-    from visionpipe import api_errors
+    from visionpipe.api_values import Query
 
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as e:
-        raise api_errors.bad_request("BadRequest", f"{name} must be an integer") from e
-    if value < low or (high is not None and value > high):
-        raise api_errors.bad_request("BadRequest", f"{name} must be in [{low}, {high}]")
-    return value
+    return Query(params).integer(name, default, low, 2**31 - 1 if high is None else high)

@@ -99,12 +99,29 @@ def image_stream_missing() -> ApiError:
     return bad_request("BadRequestImageStream", "No image data in the request")
 
 
+def internal_error() -> ApiError:
+    """What an unexpected exception answers: no type, no text, no trace (those go to the log)."""
+    return ApiError(500, "InternalServerError", "An internal error occurred; it has been logged")
+
+
+def bad_value(name: str, expected: str) -> ApiError:
+    """A request value of the wrong type or shape (the field is named, the value is not
+    echoed)."""
+    return bad_request("BadRequest", f"{name} must be {expected}")
+
+
 def prediction_failed(message: str) -> ApiError:
     return ApiError(500, "ErrorPrediction", message)
 
 
 def model_unavailable(message: str) -> ApiError:
     return ApiError(503, "ErrorPredictionModelNotFound", message)
+
+
+def service_unavailable() -> ApiError:
+    """Storage is unreachable or failing (an outage): retry later. No address, no OS error."""
+    return ApiError(503, "ServiceUnavailable",
+                    "The service is temporarily unavailable; retry the request later")
 
 
 # Validation reasons (DESIGN §3) -> Custom Vision's image error codes.

@@ -2,10 +2,11 @@
 
 Uploads land in the same store as the drop folder (DESIGN §2): the bytes in ``training-images``
 at ``{project name}/{first tag name or _untagged}/{image id}.{ext}`` and a record in the
-``images`` table whose ``blobPaths`` the training job reads. The record is written before the
-blob, so the ingest function, when Event Grid reports the blob, finds the image already labelled
-(a duplicate; nothing changes for a tagged image). Blobs carry the metadata
-``visionpipe_source=api`` to say where they came from.
+``images`` table whose ``blobPaths`` the training job reads. The blob is written before the
+record (:func:`_store_image`), so a crash in between leaves bytes without a record, never a
+record without bytes: the ingest function, when Event Grid reports the blob, records it from the
+blob's metadata (``visionpipe_source=api``, ``visionpipe_tags``), and a re-upload completes it
+too; when the record exists, ingest finds the image already labelled and changes nothing.
 
 Per-image statuses are Custom Vision's ``ImageCreateStatus``; a batch answers 200 when every image
 is OK or OKDuplicate and 207 otherwise, as the service does.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +26,9 @@ from visionpipe import api_errors, api_models, names
 from visionpipe.api_errors import ApiError
 from visionpipe.api_models import REASON_STATUS, ImageCreateResult, ImageStatus
 from visionpipe.api_projects import require_project
-from visionpipe.ingest import API_UPLOAD_MARKER
+from visionpipe.api_values import Values, is_id
+from visionpipe.blob_names import is_safe_blob_name
+from visionpipe.ingest import API_TAGS_METADATA, API_UPLOAD_MARKER, UNTAGGED_FOLDER
 from visionpipe.label_store import (
     AddStatus,
     ImageFacts,
@@ -38,14 +42,14 @@ from visionpipe.rejections import Reason, Rejected, Rejection
 from visionpipe.settings import ImageLimits
 from visionpipe.storage import Storage
 
+log = logging.getLogger(__name__)
+
 MAX_BATCH = 64  # images per upload batch (the service's limit)
 MAX_TAGS_PER_IMAGE = 20  # the SDK's max_items for tagIds
 MAX_IDS = 256  # ids per get-by-ids / delete call (the SDK's max_items)
 MAX_TAKE = 256
 MAX_TAG_ENTRIES = 256
-URL_FETCH_TIMEOUT_S = 10.0
 UPLOAD_WORKERS = 4
-UNTAGGED_FOLDER = "_untagged"
 SOURCE_METADATA = dict([API_UPLOAD_MARKER])
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "GIF": "gif"}
 _CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "GIF": "image/gif"}
@@ -133,26 +137,93 @@ def _create_one(ctx: Context, project: Project, tags: dict[str, Tag],
                        checked.size_bytes)
     path = blob_path(project, tags[tag_ids[0]] if tag_ids else None,
                      image_id(checked.sha256), checked.format)
+    if not is_safe_blob_name(path):
+        return fail(ImageStatus.ERROR_UNKNOWN, "the project or tag name cannot name a folder")
     try:
-        added = ctx.store.create_image(project, tag_ids, facts, path)
+        status, record = _store_image(ctx, project, tag_ids, facts, path, upload.data)
     except Rejected as e:
         return fail(REASON_STATUS.get(e.rejection.reason, ImageStatus.ERROR_UNKNOWN),
                     f"{e.rejection.reason}: {e.rejection.message}")
-    if added.status == AddStatus.DUPLICATE:
-        return ImageCreateResult(ImageStatus.OK_DUPLICATE, _image_dict(ctx, added.image, tags),
-                                 upload.source_url)
+    except Exception as e:  # noqa: BLE001 - one image's storage failure must not fail the batch
+        log.warning("storing %s failed: %s", path, e)  # the details for the operator only
+        return fail(ImageStatus.ERROR_STORAGE, "the image could not be stored")
+    return ImageCreateResult(status, _image_dict(ctx, record, tags), upload.source_url)
+
+
+def _blob_metadata(tag_ids: Sequence[str]) -> dict[str, str]:
+    """What ingest needs to rebuild the record from the blob alone (see :mod:`.ingest`)."""
+    return {**SOURCE_METADATA, **({API_TAGS_METADATA: ",".join(tag_ids)} if tag_ids else {})}
+
+
+def _write_if_absent(ctx: Context, path: str, data: bytes, fmt: str,
+                     tag_ids: Sequence[str]) -> str | None:
+    """Write the blob unless one is there already; the new blob's ETag, or None."""
+    from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import ContentSettings
 
+    client = ctx.storage.container(names.TRAINING_IMAGES).get_blob_client(path)
     try:
-        ctx.storage.container(names.TRAINING_IMAGES).upload_blob(
-            path, upload.data, overwrite=True, metadata=SOURCE_METADATA,
-            content_settings=ContentSettings(content_type=_CONTENT_TYPES[checked.format]),
+        written = client.upload_blob(
+            data, overwrite=False, metadata=_blob_metadata(tag_ids),
+            content_settings=ContentSettings(content_type=_CONTENT_TYPES[fmt]),
         )
-    except Exception as e:  # noqa: BLE001 - one image's storage failure must not fail the batch
-        ctx.store.delete_image(project.id, checked.sha256)
-        return fail(ImageStatus.ERROR_STORAGE, f"{type(e).__name__}: {e}")
-    return ImageCreateResult(ImageStatus.OK, _image_dict(ctx, added.image, tags),
-                             upload.source_url)
+    except ResourceExistsError:
+        return None
+    return str(written["etag"])
+
+
+def _discard(ctx: Context, path: str, etag: str) -> None:
+    """Remove a blob this request wrote and no record names (only that very version)."""
+    from contextlib import suppress
+
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+    with suppress(ResourceModifiedError, ResourceNotFoundError):
+        ctx.storage.container(names.TRAINING_IMAGES).delete_blob(
+            path, etag=etag, match_condition=MatchConditions.IfNotModified)
+
+
+def _store_image(ctx: Context, project: Project, tag_ids: tuple[str, ...], facts: ImageFacts,
+                 path: str, data: bytes) -> tuple[ImageStatus, ImageRecord]:
+    """Blob first (when absent), then the record; ``OK`` or ``OKDuplicate`` and the record.
+
+    A crash between the two leaves a marked blob that ingest records, or that this function
+    completes when the image is uploaded again. An existing record whose blobs are all missing
+    (left by a crash of the old record-first order) gets its bytes back.
+    """
+    if not project.multilabel and len(tag_ids) > 1:  # refused before anything is written
+        raise Rejected(Reason.CONFLICTING_TAG,
+                       f"multiclass project {project.name!r}: one image carries one tag")
+    etag = _write_if_absent(ctx, path, data, facts.format, tag_ids)
+    try:
+        added = ctx.store.create_image(project, tag_ids, facts, path)
+    except Rejected:
+        if etag is not None:
+            _discard(ctx, path, etag)
+        raise
+    if added.status == AddStatus.CREATED:
+        return ImageStatus.OK, added.image
+    record = added.image
+    if path in record.blob_paths:
+        # Recorded already with this very blob: by ingest (which saw the blob first) or by an
+        # upload that stopped after its record. This request wrote the bytes: it is the upload.
+        return (ImageStatus.OK if etag is not None else ImageStatus.OK_DUPLICATE), record
+    if etag is not None:  # known bytes under another path: ours is not needed
+        _discard(ctx, path, etag)
+    _restore_blob(ctx, record, data)
+    return ImageStatus.OK_DUPLICATE, record
+
+
+def _restore_blob(ctx: Context, record: ImageRecord, data: bytes) -> None:
+    """Write ``data`` at the record's first path when none of its blobs exists."""
+    container = ctx.storage.container(names.TRAINING_IMAGES)
+    if any(container.get_blob_client(p).exists() for p in record.blob_paths):
+        return
+    path = next((p for p in record.blob_paths if is_safe_blob_name(p)), None)
+    if path is not None:
+        log.warning("image %s had a record but no blob: writing %s again", record.id, path)
+        _write_if_absent(ctx, path, data, record.format, record.tag_ids)
 
 
 def uploads_from_body(body: bytes, content_type: str | None,
@@ -172,22 +243,51 @@ def uploads_from_body(body: bytes, content_type: str | None,
     return [Upload(body, tuple(tag_ids))]
 
 
-def _entries(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    images = batch.get("images")
-    if not isinstance(images, list) or not all(isinstance(e, dict) for e in images):
+def _entries(batch: Values) -> list[Values]:
+    raw = batch.get("images")
+    if isinstance(raw, list) and not 0 < len(raw) <= MAX_BATCH:
+        raise image_batch_error(len(raw))
+    try:
+        images = batch.objects("images", max_items=MAX_BATCH)
+    except ApiError:
+        images = None
+    if images is None:
         raise api_errors.bad_request("BadRequestImageBatch", "images must be a list of objects")
-    if not 0 < len(images) <= MAX_BATCH:
-        raise image_batch_error(len(images))
     return images
 
 
-def uploads_from_files(batch: dict[str, Any]) -> list[Upload]:
+def _batch_tags(batch: Values) -> list[str]:
+    return batch.strings("tagIds", max_items=MAX_TAGS_PER_IMAGE, max_length=64)
+
+
+def _entry_tags(entry: Values) -> list[str] | None:
+    """An entry's own tag ids, or None when they are of the wrong type (that entry fails)."""
+    try:
+        return entry.strings("tagIds", max_items=MAX_TAGS_PER_IMAGE, max_length=64)
+    except ApiError:
+        return None
+
+
+def _bad_entry(tags: Sequence[str], url: str | None = None) -> Upload:
+    return Upload(None, tuple(tags), url, ImageStatus.ERROR_INVALID_TAG,
+                  "tagIds must be a list of tag ids")
+
+
+def uploads_from_files(batch: Values) -> list[Upload]:
     """``ImageFileCreateBatch``: ``contents`` is base64 (msrest serialises bytearray so)."""
     uploads = []
+    shared = _batch_tags(batch)
     for entry in _entries(batch):
-        tags = _tag_ids(batch.get("tagIds"), entry.get("tagIds"))
+        own = _entry_tags(entry)
+        if own is None:
+            uploads.append(_bad_entry(shared))
+            continue
+        tags = _tag_ids(shared, own)
+        contents = entry.get("contents")
         try:
-            data = base64.b64decode(entry.get("contents") or "", validate=True)
+            if not isinstance(contents, str):
+                raise TypeError("contents must be a base64 string")
+            data = base64.b64decode(contents, validate=True)
         except (binascii.Error, ValueError, TypeError):
             uploads.append(Upload(None, tags, error=ImageStatus.ERROR_IMAGE_FORMAT,
                                   detail="contents is not base64"))
@@ -196,17 +296,24 @@ def uploads_from_files(batch: dict[str, Any]) -> list[Upload]:
     return uploads
 
 
-def uploads_from_urls(batch: dict[str, Any], max_bytes: int) -> list[Upload]:
-    """``ImageUrlCreateBatch``: fetched in parallel, each within the size and time limits."""
+def uploads_from_urls(batch: Values, max_bytes: int) -> list[Upload]:
+    """``ImageUrlCreateBatch``: fetched in parallel by :mod:`visionpipe.url_fetch` (the one
+    fetcher: SSRF refusals, size and time limits). A bad entry -- a malformed URL, a URL that is
+    not a string, tag ids of the wrong type -- fails only itself."""
     from visionpipe.url_fetch import FetchError, fetch
 
     entries = _entries(batch)
+    shared = _batch_tags(batch)
 
-    def one(entry: dict[str, Any]) -> Upload:
-        url = str(entry.get("url") or "")
-        tags = _tag_ids(batch.get("tagIds"), entry.get("tagIds"))
+    def one(entry: Values) -> Upload:
+        raw = entry.get("url")
+        url = raw if isinstance(raw, str) else None
+        own = _entry_tags(entry)
+        if own is None:
+            return _bad_entry(shared, url)
+        tags = _tag_ids(shared, own)
         try:
-            return Upload(fetch(url, max_bytes, URL_FETCH_TIMEOUT_S), tags, url)
+            return Upload(fetch(raw, max_bytes), tags, url)
         except FetchError as e:
             return Upload(None, tags, url, ImageStatus.ERROR_SOURCE, str(e))
 
@@ -215,7 +322,7 @@ def uploads_from_urls(batch: dict[str, Any], max_bytes: int) -> list[Upload]:
 
 
 def uploads_from_predictions(ctx: Context, project_id: str,
-                             batch: dict[str, Any]) -> list[Upload]:
+                             batch: Values) -> list[Upload]:
     """``ImageIdCreateBatch``: ids of stored predictions whose image was kept in storage."""
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -223,9 +330,16 @@ def uploads_from_predictions(ctx: Context, project_id: str,
 
     predictions = PredictionStore(ctx.storage)
     uploads = []
+    shared = _batch_tags(batch)
     for entry in _entries(batch):
-        tags = _tag_ids(batch.get("tagIds"), entry.get("tagIds"))
-        stored = predictions.get(project_id, str(entry.get("id") or ""))
+        own = _entry_tags(entry)
+        if own is None:
+            uploads.append(_bad_entry(shared))
+            continue
+        tags = _tag_ids(shared, own)
+        prediction_id = entry.get("id")
+        stored = (predictions.get(project_id, prediction_id)
+                  if isinstance(prediction_id, str) and is_id(prediction_id) else None)
         if stored is None or "/" not in stored.blob_path:
             uploads.append(Upload(None, tags, error=ImageStatus.ERROR_SOURCE,
                                   detail="no stored prediction with a kept image"))
@@ -313,22 +427,23 @@ def original_image(ctx: Context, project_id: str, image_id: str) -> tuple[bytes,
 
 
 # --- image tags and deletes ---------------------------------------------------------------------
-def create_image_tags(ctx: Context, project_id: str, batch: dict[str, Any]) -> dict[str, Any]:
+def create_image_tags(ctx: Context, project_id: str, batch: Values) -> dict[str, Any]:
     """``ImageTagCreateBatch`` -> ``ImageTagCreateSummary`` (created / duplicated / exceeded).
 
     "Exceeded" holds what would break a limit: a second tag on a multiclass image, or more than
     ``MAX_TAGS_PER_IMAGE`` tags.
     """
     project = require_project(ctx.store, project_id)
-    entries = batch.get("tags")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise api_errors.bad_request("BadRequestImageTags", "tags must be a list of objects")
-    if len(entries) > MAX_TAG_ENTRIES:
+    raw = batch.get("tags")
+    if isinstance(raw, list) and len(raw) > MAX_TAG_ENTRIES:
         raise api_errors.bad_request("BadRequestExceededBatchSize",
                                      f"at most {MAX_TAG_ENTRIES} entries")
+    entries = batch.objects("tags", max_items=MAX_TAG_ENTRIES)
+    if entries is None:
+        raise api_errors.bad_request("BadRequestImageTags", "tags must be a list of objects")
     tags = {t.id for t in ctx.store.list_tags(project_id)}
-    pairs = [(str(e.get("imageId") or "").lower(), str(e.get("tagId") or "").lower())
-             for e in entries]
+    pairs = [((e.string("imageId", max_length=64) or "").lower(),
+              (e.string("tagId", max_length=64) or "").lower()) for e in entries]
     records: dict[str, ImageRecord] = {}
     for image_id_, tag_id in pairs:
         if tag_id not in tags:

@@ -12,12 +12,11 @@ does not, because drop folders address projects and tags by name (DESIGN §2). A
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
-from contextlib import suppress
 from typing import Any
 
 from visionpipe import api_errors, api_models, domains
 from visionpipe.api_errors import ApiError
+from visionpipe.api_values import Values
 from visionpipe.label_store import (
     CLASSIFICATION_TYPES,
     GENERAL_DOMAIN_ID,
@@ -147,26 +146,27 @@ def list_projects(store: LabelStore) -> list[dict[str, Any]]:
     return [api_models.project_to_dict(p) for p in store.list_projects()]
 
 
-def update_project(store: LabelStore, project_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+def update_project(store: LabelStore, project_id: str, body: Values) -> dict[str, Any]:
     """PATCH with a ``Project`` body: name, description, settings.domainId/classificationType.
 
     Multilabel -> Multiclass is refused while an image carries more than one tag, since a
     multiclass image has exactly one (the label store's invariant).
     """
+    name = body.string("name", max_length=None)
+    description = body.string("description", max_length=None)
+    settings = body.object("settings")
+    classification_type = settings.string("classificationType")
+    domain = settings.string("domainId")
     project = require_project(store, project_id)
-    name = body.get("name")
     if name is not None:
         _check_name(name, "BadRequestProjectName", "project")
-    settings = body.get("settings") or {}
-    classification = (_classification(settings["classificationType"])
-                      if settings.get("classificationType") else None)
-    domain_id = _domain(settings["domainId"]) if settings.get("domainId") else None
+    classification = _classification(classification_type) if classification_type else None
+    domain_id = _domain(domain) if domain else None
     if classification == "Multiclass" and project.multilabel and any(
             len(i.tag_ids) > 1 for i in store.iter_images(project_id)):
         raise api_errors.bad_request(
             "BadRequestNotSupported",
             "Some images carry more than one tag: a Multiclass project allows one per image")
-    description = body.get("description")
     if description is not None:
         _check_description(description, "BadRequestProjectDescription")
     try:
@@ -181,28 +181,25 @@ def update_project(store: LabelStore, project_id: str, body: Mapping[str, Any]) 
 
 def delete_project(storage: Storage, store: LabelStore, registry: Registry,
                    project_id: str) -> None:
-    """Delete a project with its tags, images (records and blobs) and iterations.
+    """Delete a project with everything it owns (visionpipe.project_delete).
 
     Refused while an iteration is published, as the service does: prediction clients may still
-    be using it.
+    be using it; and while a training is in progress (``BadRequestTrainingAlreadyInProgress``,
+    the service's closest code): the job would write into a deleted project.
     """
-    from azure.core.exceptions import ResourceNotFoundError
+    from visionpipe import project_delete
+    from visionpipe.registry import TrainingInProgress
 
-    from visionpipe import names
-
-    require_project(store, project_id)
+    project = require_project(store, project_id)
     pubs = registry.publications(project_id)
     if pubs is not None and pubs.by_name:
         raise project_has_published_iteration()
-    images = storage.container(names.TRAINING_IMAGES)
-    for record in store.iter_images(project_id):
-        for path in record.blob_paths:
-            with suppress(ResourceNotFoundError):
-                images.delete_blob(path)
-    for iteration in registry.list_iterations(project_id):
-        with suppress(ResourceNotFoundError):
-            registry.delete_iteration(project_id, iteration.id)
-    store.delete_project(project_id)
+    try:
+        project_delete.delete_project(storage, store, registry, project)
+    except TrainingInProgress as e:
+        raise api_errors.bad_request(
+            "BadRequestTrainingAlreadyInProgress",
+            "Cannot delete a project while a training is in progress") from e
 
 
 # --- tags ---------------------------------------------------------------------------------------
@@ -245,16 +242,17 @@ def list_tags(store: LabelStore, project_id: str) -> list[dict[str, Any]]:
 
 
 def update_tag(store: LabelStore, project_id: str, tag_id: str,
-               body: Mapping[str, Any]) -> dict[str, Any]:
+               body: Values) -> dict[str, Any]:
+    name = body.string("name", max_length=None)
+    description = body.string("description", max_length=None)
+    tag_type = body.string("type")
     require_project(store, project_id)
     require_tag(store, project_id, tag_id)
-    name = body.get("name")
     if name is not None:
         _check_name(name, "BadRequestTagName", "tag")
-    description = body.get("description")
     if description is not None:
         _check_description(description, "BadRequestTagDescription")
-    if body.get("type") not in (None, api_models.REGULAR_TAG):
+    if tag_type not in (None, api_models.REGULAR_TAG):
         raise api_errors.bad_request("BadRequestTagType", "visionpipe supports Regular tags only")
     try:
         tag = store.update_tag(project_id, tag_id, name=name, description=description)

@@ -26,9 +26,10 @@ from typing import Any
 
 from visionpipe import api_errors, names
 from visionpipe.api_iterations import IterationApi, iso
+from visionpipe.api_values import Values
 from visionpipe.label_store import ImageRecord, Project, Tag
 from visionpipe.messages import TRAINING_TYPES, TrainingRequest
-from visionpipe.registry import Iteration, IterationStatus
+from visionpipe.registry import Iteration, IterationStatus, TrainingInProgress
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ MIN_IMAGES_PER_TAG = 5  # Custom Vision's minimum (and the training job's)
 MIN_TAGS = 2
 MAX_QUERY_RESULTS = 256
 MAX_DELETE_IDS = 64
-QUICK_TEST_URL_TIMEOUT = 10.0
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -95,9 +95,8 @@ def train(
     _check_dataset(project, chosen, records)
 
     iterations = api.registry.list_iterations(project.id)
-    if any(i.status == IterationStatus.TRAINING for i in iterations):
-        raise api_errors.bad_request("BadRequestTrainingAlreadyInProgress",
-                                     "a training of this project is already in progress")
+    if any(i.in_progress for i in iterations):
+        raise training_in_progress()
     fingerprint = dataset_fingerprint(records, [t.id for t in chosen])
     trained = [i for i in iterations if i.status == IterationStatus.COMPLETED]
     if trained and trained[-1].dataset_fingerprint == fingerprint and not force_train:
@@ -105,14 +104,22 @@ def train(
             "BadRequestTrainingNotNeeded",
             "Nothing changed since the last training; pass forceTrain=true to train anyway")
 
-    iteration = api.registry.create_iteration(
-        project.id,
-        training_type=training_type,
-        reserved_budget_in_hours=reserved_budget_in_hours,
-        selected_tags=tuple(t.id for t in chosen) if selected_tags else (),
-        classification_type=project.classification_type,
-        dataset_fingerprint=fingerprint,
-    )
+    try:  # the project's training lock, taken with the new iteration (several instances race)
+        iteration = api.registry.start_training(
+            project.id,
+            training_type=training_type,
+            reserved_budget_in_hours=reserved_budget_in_hours,
+            selected_tags=tuple(t.id for t in chosen) if selected_tags else (),
+            classification_type=project.classification_type,
+            dataset_fingerprint=fingerprint,
+        )
+    except TrainingInProgress as e:
+        raise training_in_progress() from e
+    if api.label_store.get_project(project.id) is None:
+        # Deleted meanwhile: a delete holds the lock while it runs and removes the project row
+        # before the lock, so nothing else will remove what we just wrote.
+        api.registry.delete_project(project.id)
+        raise api_errors.project_not_found()
     request = TrainingRequest(
         project_id=project.id,
         iteration_id=iteration.id,
@@ -131,6 +138,11 @@ def train(
     log.info("project %s: queued training of iteration %s (%s)", project.id, iteration.id,
              training_type)
     return api.to_json(iteration, project)
+
+
+def training_in_progress() -> api_errors.ApiError:
+    return api_errors.bad_request("BadRequestTrainingAlreadyInProgress",
+                                  "a training of this project is already in progress")
 
 
 def _check_dataset(project: Project, chosen: Sequence[Tag],
@@ -168,58 +180,43 @@ def default_iteration(api: IterationApi, project_id: str) -> Iteration:
     return trained[-1]
 
 
-def quick_test(api: IterationApi, project_id: str, data: bytes, *,
-               iteration_id: str | None = None, store: bool = True) -> dict[str, Any]:
-    """Classify ``data`` (already out of the request body) with one iteration."""
-    from visionpipe.predict import PredictionResult
-    from visionpipe.prediction_store import SOURCE_API, PredictionStore
-    from visionpipe.rejections import Rejection
-    from visionpipe.serving import ModelUnavailable, get_serving
-    from visionpipe.settings import get_settings
-    from visionpipe.validation import validate_image
-
+def _quick_test_iteration(api: IterationApi, project_id: str,
+                          iteration_id: str | None) -> Iteration:
     api.project(project_id)
     iteration = (api.iteration(project_id, iteration_id) if iteration_id
                  else default_iteration(api, project_id))
     if iteration.status != IterationStatus.COMPLETED:
         raise api_errors.iteration_not_trained(str(iteration.status))
-    if not data:
-        raise api_errors.image_stream_missing()
-    checked = validate_image(data, get_settings().training_limits)
-    if isinstance(checked, Rejection):
-        raise api_errors.from_rejection(checked)
-    try:
-        session = get_serving(api.storage).session(project_id, iteration.id)
-        classification = session.classify(data)
-    except ModelUnavailable as e:
-        raise api_errors.model_unavailable(str(e)) from e
-    result = PredictionResult.from_classification(classification)
-    if store:
-        publication = api.publications(project_id).for_iteration(iteration.id)
-        PredictionStore(api.storage).record(result.stored(
-            SOURCE_API, publish_name=publication.publish_name if publication else "",
-            image_sha256=checked.sha256))
+    return iteration
+
+
+def quick_test(api: IterationApi, project_id: str, data: bytes, *,
+               iteration_id: str | None = None, store: bool = True) -> dict[str, Any]:
+    """Classify ``data`` (already out of the request body) with one iteration, through the same
+    :func:`~visionpipe.predict.classify_image` as the prediction routes."""
+    from visionpipe.predict import classify_image
+    from visionpipe.serving import get_serving
+    from visionpipe.settings import get_settings
+
+    iteration = _quick_test_iteration(api, project_id, iteration_id)
+    publication = api.publications(project_id).for_iteration(iteration.id) if store else None
+    result = classify_image(get_serving(api.storage), project_id, iteration.id, data,
+                            get_settings().training_limits, store=store,
+                            publish_name=publication.publish_name if publication else "",
+                            storage=api.storage)
     return result.to_dict()
 
 
-def fetch_url(url: str | None, max_bytes: int) -> bytes:
-    """The image behind ``ImageUrl.url`` (http/https only, size-capped, short timeout)."""
-    from urllib.error import URLError
-    from urllib.parse import urlsplit
-    from urllib.request import Request, urlopen
+def quick_test_url(api: IterationApi, project_id: str, url: str, *,
+                   iteration_id: str | None = None, store: bool = True) -> dict[str, Any]:
+    """``quicktest/url``: the image fetched by :mod:`visionpipe.url_fetch` (the one fetcher, with
+    its SSRF refusals and deadline), once the iteration is known to be usable."""
+    from visionpipe.settings import get_settings
+    from visionpipe.url_fetch import fetch_image
 
-    if not url or urlsplit(url).scheme not in ("http", "https"):
-        raise api_errors.bad_request("BadRequestImageUrl", "url must be an http(s) URL")
-    try:
-        with urlopen(Request(url, headers={"User-Agent": "visionpipe"}),  # noqa: S310
-                     timeout=QUICK_TEST_URL_TIMEOUT) as response:
-            data = response.read(max_bytes + 1)
-    except (URLError, OSError, ValueError) as e:
-        raise api_errors.bad_request("BadRequestImageUrl", f"could not fetch {url}: {e}") from e
-    if len(data) > max_bytes:
-        raise api_errors.bad_request("BadRequestImageSizeBytes",
-                                     f"the image at the URL is larger than {max_bytes} bytes")
-    return data
+    _quick_test_iteration(api, project_id, iteration_id)
+    data = fetch_image(url, get_settings().training_limits.max_bytes)
+    return quick_test(api, project_id, data, iteration_id=iteration_id, store=store)
 
 
 # --- the prediction store -----------------------------------------------------------------------
@@ -250,14 +247,10 @@ def _parse_time(value: Any, what: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _page(token: dict[str, Any]) -> tuple[int, int]:
+def _page(token: Values) -> tuple[int, int]:
     """(skip, take) from ``continuation`` (an offset we hand out) and ``maxCount``."""
-    try:
-        skip = int(token.get("continuation") or 0)
-        take = int(token.get("maxCount") or MAX_QUERY_RESULTS)
-    except (TypeError, ValueError) as e:
-        raise api_errors.bad_request("BadRequestPredictionInvalidQueryParameters",
-                                     "continuation and maxCount must be integers") from e
+    skip = token.integer("continuation", 0)
+    take = token.integer("maxCount", 0) or MAX_QUERY_RESULTS
     if take > MAX_QUERY_RESULTS:
         raise api_errors.bad_request("BadRequestPredictionResultsExceededCount",
                                      f"maxCount must be at most {MAX_QUERY_RESULTS}")
@@ -265,20 +258,22 @@ def _page(token: dict[str, Any]) -> tuple[int, int]:
 
 
 def query_predictions(api: IterationApi, project_id: str,
-                      token: dict[str, Any]) -> dict[str, Any]:
+                      token: Values) -> dict[str, Any]:
     """``POST projects/{projectId}/predictions/query``: PredictionQueryToken -> Result."""
     from visionpipe.prediction_store import PredictionStore
 
     api.project(project_id)
+    iteration_id = token.string("iterationId")
+    application = token.string("application")
+    start = _parse_time(token.string("startTime", max_length=64), "startTime")
+    end = _parse_time(token.string("endTime", max_length=64), "endTime")
+    tag_filters = [(f.string("id"), f.number("minThreshold", 0.0, 0.0, 1.0),
+                    f.number("maxThreshold", 1.0, 0.0, 1.0))
+                   for f in token.objects("tags") or []]
+    order = token.string("orderBy") or "Newest"
+    skip, take = _page(token)
+    session = token.string("session") or str(uuid.uuid4())
     rows = PredictionStore(api.storage).list(project_id)
-    iteration_id = token.get("iterationId")
-    application = token.get("application")
-    start = _parse_time(token.get("startTime"), "startTime")
-    end = _parse_time(token.get("endTime"), "endTime")
-    tag_filters = token.get("tags") or []
-    if not isinstance(tag_filters, list):
-        raise api_errors.bad_request("BadRequestPredictionInvalidQueryParameters",
-                                     "tags must be a list")
 
     def keep(p: Any) -> bool:
         if iteration_id and p.iteration_id != iteration_id:
@@ -289,24 +284,20 @@ def query_predictions(api: IterationApi, project_id: str,
         if (start and created < start) or (end and created > end):
             return False
         probs = {t.tag_id: t.probability for t in p.predictions}
-        for f in tag_filters:
-            prob = probs.get(f.get("id"), 0.0)
-            low = f.get("minThreshold")
-            high = f.get("maxThreshold")
-            if (low is not None and prob < float(low)) or (high is not None and prob > float(high)):
+        for tag_id, low, high in tag_filters:
+            prob = probs.get(tag_id or "", 0.0)
+            if prob < low or prob > high:
                 return False
         return True
 
     found = [p for p in rows if keep(p)]
-    order = token.get("orderBy") or "Newest"
     if order == "Suggested":  # the least certain first: most to learn from
         found.sort(key=lambda p: p.predictions[0].probability if p.predictions else 0.0)
     else:
         found.sort(key=lambda p: p.created, reverse=order != "Oldest")
-    skip, take = _page(token)
     page = found[skip:skip + take]
     more = skip + take < len(found)
-    out_token = {**token, "session": token.get("session") or str(uuid.uuid4()),
+    out_token = {**token, "session": session,
                  "continuation": str(skip + take) if more else None}
     return {"token": out_token, "results": [_stored_json(p) for p in page]}
 
@@ -330,14 +321,14 @@ def delete_predictions(api: IterationApi, project_id: str, ids: Sequence[str]) -
 
 
 def _suggested(api: IterationApi, project_id: str, iteration_id: str | None,
-               token: dict[str, Any]) -> list[dict[str, Any]]:
+               token: Values) -> list[dict[str, Any]]:
     from visionpipe.prediction_store import PredictionStore
 
     if not iteration_id:
         raise api_errors.bad_request("BadRequestInvalid", "iterationId is required")
+    tag_ids = set(token.strings("tagIds"))
+    threshold = token.number("threshold", 0.0, 0.0, 1.0)
     api.iteration(project_id, iteration_id)
-    tag_ids = set(token.get("tagIds") or [])
-    threshold = float(token.get("threshold") or 0.0)
     out = []
     for p in PredictionStore(api.storage).list(project_id):
         if p.iteration_id != iteration_id:
@@ -357,22 +348,23 @@ def _suggested(api: IterationApi, project_id: str, iteration_id: str | None,
 
 
 def suggested_images(api: IterationApi, project_id: str, iteration_id: str | None,
-                     token: dict[str, Any]) -> dict[str, Any]:
+                     token: Values) -> dict[str, Any]:
     """``POST projects/{projectId}/images/suggested``: the most uncertain stored predictions
     first (``sortBy`` UncertaintyAscending reverses it)."""
-    rows = _suggested(api, project_id, iteration_id, token)
-    ascending = token.get("sortBy") == "UncertaintyAscending"
-    rows.sort(key=lambda r: r["predictionUncertainty"], reverse=not ascending)
+    ascending = token.string("sortBy") == "UncertaintyAscending"
     skip, take = _page(token)
+    session = token.string("session") or str(uuid.uuid4())
+    rows = _suggested(api, project_id, iteration_id, token)
+    rows.sort(key=lambda r: r["predictionUncertainty"], reverse=not ascending)
     more = skip + take < len(rows)
-    out_token = {**token, "session": token.get("session") or str(uuid.uuid4()),
+    out_token = {**token, "session": session,
                  "continuation": str(skip + take) if more else None}
     return {"token": out_token, "results": rows[skip:skip + take]}
 
 
 def suggested_image_count(api: IterationApi, project_id: str, iteration_id: str | None,
-                          token: dict[str, Any]) -> dict[str, int]:
+                          token: Values) -> dict[str, int]:
     """``POST projects/{projectId}/images/suggested/count``: per tag id, how many suggestions."""
     rows = _suggested(api, project_id, iteration_id, token)
     counts: Counter[str] = Counter(t["tagId"] for r in rows for t in r["predictions"])
-    return {t: counts.get(t, 0) for t in (token.get("tagIds") or list(counts))}
+    return {t: counts.get(t, 0) for t in (token.strings("tagIds") or list(counts))}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 
 def ttl_seconds() -> int:
@@ -53,3 +53,19 @@ def download_url(base: str, api_version: str, project_id: str, iteration_id: str
     query = urlencode(sign(key, project_id, iteration_id, now=now))
     return (f"{base.rstrip('/')}/customvision/{api_version}/training/projects/{project_id}/"
             f"iterations/{iteration_id}/export/download?{query}")
+
+
+def public_base_url(request_url: str) -> str:
+    """Where clients reach the app, for the links it hands out (export ``downloadUri``, image
+    URIs): the ``PUBLIC_BASE_URL`` setting whenever it is set -- in Azure the Bicep sets it to
+    the app's https host name, so a forged ``Host`` header cannot point a signed link at another
+    server -- and only when it is not (local runs), the request's own URL up to the API path.
+    """
+    from visionpipe.settings import get_settings
+
+    configured = get_settings().public_base_url
+    if configured:
+        return configured
+    parts = urlsplit(request_url)
+    prefix = parts.path.split("/customvision/", 1)[0] if "/customvision/" in parts.path else ""
+    return f"{parts.scheme}://{parts.netloc}{prefix}".rstrip("/")

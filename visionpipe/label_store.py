@@ -1,19 +1,31 @@
-"""Projects, tags and labelled images, kept in Table storage (DESIGN §2).
+"""Projects, tags and labelled images, kept in Table storage (docs/ARCHITECTURE.md, "Storage
+layout").
 
 The drop folder and the HTTP API both write here; the training job reads its dataset from here.
 Writes are idempotent and safe under concurrency: Event Grid delivers at least once, and several
 Function instances may handle events for the same project at the same time.
 
 Layout:
-- ``projects``: PartitionKey ``project``, RowKey = project id; plus name-index rows
-  (PartitionKey ``name``, RowKey = key of the name) that make "create on first sight" race-free.
-- ``tags``: PartitionKey = project id, RowKey = tag id; name index under ``names-{project id}``.
+- ``projects``: PartitionKey ``project``, RowKey = project id; plus one name row per project
+  (same partition, RowKey ``name-{key of the name}``, column ``id``).
+- ``tags``: PartitionKey = project id, RowKey = tag id; plus one name row per tag (same partition,
+  RowKey ``name-{key}``).
 - ``images``: PartitionKey = project id, RowKey = sha256 of the bytes.
+
+A name row lives in its object's partition so that the object and its name are written, moved and
+deleted in one entity-group transaction: there is never a name without its object or an object
+without its name, so no claim ever has to be guessed dead and taken over (several Function
+instances creating the same name at once: exactly one transaction succeeds).
+
+Deleting a tag or a project races with uploads. Both sides write first and read after: a delete
+removes the tag (project) row, then sweeps the images; an image write records, then checks that
+its tags (project) still exist and undoes what refers to a vanished one. Whatever the
+interleaving, one of the two sees the other, so no image keeps a tag (or a project) that is gone:
+the delete wins, and an upload that raced with it ends up without that tag.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import uuid
@@ -26,7 +38,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient, TableErrorCode, TableTransactionError, UpdateMode
 
 from visionpipe import names
 from visionpipe.rejections import Reason, Rejected
@@ -39,8 +51,14 @@ CLASSIFICATION_TYPES = (MULTICLASS, MULTILABEL)
 GENERAL_DOMAIN_ID = "ee85a74c-405e-4adc-bb47-ffa8ca0c9f31"
 
 _PROJECT_PK = "project"
-_NAME_PK = "name"
+_NAME_PREFIX = "name-"  # RowKey prefix of a name row (ids are GUIDs, never start with it)
 _MAX_RETRIES = 20
+# Transaction failures that mean "someone else changed these rows first": read again.
+_LOST_RACE = frozenset({
+    TableErrorCode.ENTITY_ALREADY_EXISTS, TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED,
+    TableErrorCode.CONDITION_NOT_MET, TableErrorCode.ENTITY_NOT_FOUND,
+    TableErrorCode.RESOURCE_NOT_FOUND,
+})
 
 
 class NameTaken(ValueError):
@@ -50,6 +68,28 @@ class NameTaken(ValueError):
 def name_key(name: str) -> str:
     """Table-safe, case-insensitive key for a display name (RowKeys forbid / \\ # ? controls)."""
     return hashlib.sha256(name.strip().casefold().encode()).hexdigest()[:40]
+
+
+def _name_row_key(name: str) -> str:
+    return _NAME_PREFIX + name_key(name)
+
+
+def _is_name_row(row_key: str) -> bool:
+    return row_key.startswith(_NAME_PREFIX)
+
+
+def _name_row(partition: str, name: str, owner_id: str) -> dict[str, Any]:
+    return {"PartitionKey": partition, "RowKey": _name_row_key(name), "id": owner_id,
+            "name": name.strip()}
+
+
+def _if_unchanged(entity: Any) -> dict[str, Any]:
+    """Transaction options: apply only if the row is still the version that was read."""
+    return {"etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+
+
+def _lost_race(e: TableTransactionError) -> bool:
+    return e.error_code in _LOST_RACE
 
 
 def image_id(sha256: str) -> str:
@@ -157,6 +197,16 @@ def _project_entity(project: Project) -> dict[str, Any]:
     }
 
 
+def _tag_entity(tag: Tag) -> dict[str, Any]:
+    return {
+        "PartitionKey": tag.project_id,
+        "RowKey": tag.id,
+        "name": tag.name,
+        "description": tag.description,
+        "created": tag.created,
+    }
+
+
 class AddStatus(StrEnum):
     CREATED = "created"  # a new image
     TAG_ADDED = "tag_added"  # known bytes, one more tag (multilabel)
@@ -195,75 +245,60 @@ class LabelStore:
         description: str = "",
     ) -> Project:
         """Create a project; a project of the same name (case-insensitive) is returned as is."""
-        project = _new_project(name, classification_type, domain_id, description)
-        project_id = self._claim(self._projects, _NAME_PK, name, project.id)
-        if project_id != project.id:
-            existing = self.get_project(project_id)
+        for _ in range(_MAX_RETRIES):
+            existing = self.find_project(name)
             if existing is not None:
                 return existing
-            project = dataclasses.replace(project, id=project_id)
-        try:
-            self._projects.create_entity(_project_entity(project))
-        except ResourceExistsError:
-            return self.get_project(project.id) or project
-        return project
+            project = _new_project(name, classification_type, domain_id, description)
+            if self._create_named(self._projects, _PROJECT_PK, name, _project_entity(project)):
+                return project
+        raise RuntimeError(f"could not create project {name.strip()!r}: too much contention")
 
     def get_project(self, project_id: str) -> Project | None:
+        if _is_name_row(project_id):
+            return None
         try:
             return Project.from_entity(self._projects.get_entity(_PROJECT_PK, project_id))
         except ResourceNotFoundError:
             return None
 
     def find_project(self, name: str) -> Project | None:
-        try:
-            row = self._projects.get_entity(_NAME_PK, name_key(name))
-        except ResourceNotFoundError:
-            return None
-        return self.get_project(row["id"])
+        owner = self._owner(self._projects, _PROJECT_PK, name)
+        return self.get_project(owner) if owner else None
 
     def list_projects(self) -> list[Project]:
         rows = self._projects.query_entities(f"PartitionKey eq '{_PROJECT_PK}'")
-        return sorted((Project.from_entity(r) for r in rows), key=lambda p: p.created)
+        return sorted((Project.from_entity(r) for r in rows if not _is_name_row(r["RowKey"])),
+                      key=lambda p: p.created)
 
     # --- tags -------------------------------------------------------------------------------
     def get_or_create_tag(self, project_id: str, name: str, description: str = "") -> Tag:
-        tag = Tag(str(uuid.uuid4()), project_id, name.strip(), description)
-        tag_id = self._claim(self._tags, f"names-{project_id}", name, tag.id)
-        if tag_id != tag.id:
-            existing = self.get_tag(project_id, tag_id)
+        """The project's tag of this name (case-insensitive), created on first sight."""
+        for _ in range(_MAX_RETRIES):
+            existing = self.find_tag(project_id, name)
             if existing is not None:
                 return existing
-            tag = Tag(tag_id, project_id, name.strip(), description)
-        try:
-            self._tags.create_entity(
-                {
-                    "PartitionKey": project_id,
-                    "RowKey": tag.id,
-                    "name": tag.name,
-                    "description": tag.description,
-                    "created": tag.created,
-                }
-            )
-        except ResourceExistsError:
-            return self.get_tag(project_id, tag.id) or tag
-        return tag
+            tag = Tag(str(uuid.uuid4()), project_id, name.strip(), description)
+            if self._create_named(self._tags, project_id, name, _tag_entity(tag)):
+                return tag
+        raise RuntimeError(f"could not create tag {name.strip()!r}: too much contention")
 
     def get_tag(self, project_id: str, tag_id: str) -> Tag | None:
+        if _is_name_row(tag_id):
+            return None
         try:
             return Tag.from_entity(self._tags.get_entity(project_id, tag_id))
         except ResourceNotFoundError:
             return None
 
     def find_tag(self, project_id: str, name: str) -> Tag | None:
-        try:
-            row = self._tags.get_entity(f"names-{project_id}", name_key(name))
-        except ResourceNotFoundError:
-            return None
-        return self.get_tag(project_id, row["id"])
+        owner = self._owner(self._tags, project_id, name)
+        return self.get_tag(project_id, owner) if owner else None
 
     def list_tags(self, project_id: str) -> list[Tag]:
         rows = self._tags.query_entities("PartitionKey eq @pk", parameters={"pk": project_id})
-        return sorted((Tag.from_entity(r) for r in rows), key=lambda t: t.created)
+        return sorted((Tag.from_entity(r) for r in rows if not _is_name_row(r["RowKey"])),
+                      key=lambda t: t.created)
 
     # --- images -----------------------------------------------------------------------------
     def add_image(
@@ -286,7 +321,7 @@ class LabelStore:
                     self._images.create_entity(self._image_entity(record))
                 except ResourceExistsError:
                     continue  # someone else created it: merge into theirs
-                return AddResult(record, AddStatus.CREATED)
+                return AddResult(self._settle(record, (tag.id,)), AddStatus.CREATED)
 
             current = ImageRecord.from_entity(entity)
             if blob_path in current.blob_paths:
@@ -322,7 +357,7 @@ class LabelStore:
                 )
             except (ResourceModifiedError, ResourceNotFoundError):
                 continue  # changed under us: read again and merge
-            return AddResult(updated, status)
+            return AddResult(self._settle(updated, (tag.id,)), status)
         raise RuntimeError(f"could not record image {facts.sha256}: too much contention")
 
     def get_image(self, project_id: str, sha256: str) -> ImageRecord | None:
@@ -374,7 +409,7 @@ class LabelStore:
         except ResourceExistsError:
             existing = self.get_image(project.id, facts.sha256)
             return AddResult(existing or record, AddStatus.DUPLICATE)
-        return AddResult(record, AddStatus.CREATED)
+        return AddResult(self._settle(record, record.tag_ids), AddStatus.CREATED)
 
     def add_image_tag(self, project: Project, sha256: str, tag_id: str) -> AddStatus | None:
         """Add one tag to a known image: ``TAG_ADDED``, ``DUPLICATE`` (already there), or None
@@ -392,6 +427,8 @@ class LabelStore:
         result = self._change_image(project.id, sha256, change)
         if result is None:
             return None
+        if result[1]:
+            self._settle(result[0], (tag_id,))
         return AddStatus.TAG_ADDED if result[1] else AddStatus.DUPLICATE
 
     def remove_image_tags(self, project_id: str, sha256: str, tag_ids: set[str]) -> bool:
@@ -426,101 +463,95 @@ class LabelStore:
         where the name is the project; wrong for the API, which would silently merge projects.
         """
         project = _new_project(name, classification_type, domain_id, description)
-        self._claim_unique(self._projects, _NAME_PK, name, project.id,
-                           lambda owner: self.get_project(owner) is not None)
-        self._projects.create_entity(_project_entity(project))
+        if not self._create_named(self._projects, _PROJECT_PK, name, _project_entity(project)):
+            raise NameTaken(f"the name {name.strip()!r} is taken")
         return project
 
     def update_project(
         self, project_id: str, name: str | None = None, description: str | None = None,
         classification_type: str | None = None, domain_id: str | None = None,
     ) -> Project | None:
-        """Change a project's fields; a new name moves the name index (:class:`NameTaken`)."""
-        current = self.get_project(project_id)
-        if current is None:
-            return None
+        """Change a project's fields; a new name moves the name row (:class:`NameTaken`)."""
         if classification_type is not None and classification_type not in CLASSIFICATION_TYPES:
             raise ValueError(f"classification type must be one of {CLASSIFICATION_TYPES}")
-        new_name = name.strip() if name is not None else current.name
-        if name_key(new_name) != name_key(current.name):
-            self._rename(self._projects, _NAME_PK, current.name, new_name, project_id,
-                         lambda owner: self.get_project(owner) is not None)
-        self._projects.update_entity(
-            {
-                "PartitionKey": _PROJECT_PK,
-                "RowKey": project_id,
-                "name": new_name,
-                "description": current.description if description is None else description,
-                "classificationType": classification_type or current.classification_type,
-                "domainId": domain_id or current.domain_id,
+
+        def fields(current: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "description": current.get("description", "") if description is None
+                else description,
+                "classificationType": classification_type
+                or current.get("classificationType", MULTICLASS),
+                "domainId": domain_id or current.get("domainId", GENERAL_DOMAIN_ID),
                 "lastModified": _now(),
-            },
-            mode=UpdateMode.MERGE,
-        )
+            }
+
+        if not self._update_named(self._projects, _PROJECT_PK, project_id, name, fields):
+            return None
         return self.get_project(project_id)
 
     def delete_project(self, project_id: str) -> Project | None:
-        """Delete a project's rows: images, tags, name indexes, the project (blobs: caller)."""
+        """Delete a project's rows: images, tags and their names, the project and its name
+        (blobs: the caller, see :mod:`visionpipe.project_delete`).
+
+        The project row goes after the tags and images (a failed delete can be repeated while
+        the project still exists), then the images are swept once more for uploads that raced
+        with it (they check the project after writing, see :meth:`_settle`)."""
         project = self.get_project(project_id)
         if project is None:
             return None
-        for record in list(self.iter_images(project_id)):
-            self.delete_image(project_id, record.sha256)
-        for tag in self.list_tags(project_id):
-            self.delete_tag(project_id, tag.id)
-        self._release(self._projects, _NAME_PK, project.name, project_id)
-        with suppress(ResourceNotFoundError):
-            self._projects.delete_entity(_PROJECT_PK, project_id)
+        self.delete_project_images(project_id)
+        self._delete_partition(self._tags, project_id)
+        self._delete_named(self._projects, _PROJECT_PK, project_id)
+        self.delete_project_images(project_id)
+        self._delete_partition(self._tags, project_id)
         return project
+
+    def delete_project_images(self, project_id: str) -> list[ImageRecord]:
+        """Delete every image record of a project; the deleted records (their blobs: caller)."""
+        deleted = []
+        for record in list(self.iter_images(project_id)):
+            with suppress(ResourceNotFoundError):
+                self._images.delete_entity(project_id, record.sha256)
+            deleted.append(record)
+        return deleted
 
     def create_tag(self, project_id: str, name: str, description: str = "") -> Tag:
         """Create a tag, refusing a name the project already uses (:class:`NameTaken`)."""
         tag = Tag(str(uuid.uuid4()), project_id, name.strip(), description)
-        self._claim_unique(self._tags, f"names-{project_id}", name, tag.id,
-                           lambda owner: self.get_tag(project_id, owner) is not None)
-        self._tags.create_entity({
-            "PartitionKey": project_id,
-            "RowKey": tag.id,
-            "name": tag.name,
-            "description": tag.description,
-            "created": tag.created,
-        })
+        if not self._create_named(self._tags, project_id, name, _tag_entity(tag)):
+            raise NameTaken(f"the name {name.strip()!r} is taken")
         return tag
 
     def update_tag(
         self, project_id: str, tag_id: str, name: str | None = None,
         description: str | None = None,
     ) -> Tag | None:
-        current = self.get_tag(project_id, tag_id)
-        if current is None:
+        if _is_name_row(tag_id):
             return None
-        new_name = name.strip() if name is not None else current.name
-        if name_key(new_name) != name_key(current.name):
-            self._rename(self._tags, f"names-{project_id}", current.name, new_name, tag_id,
-                         lambda owner: self.get_tag(project_id, owner) is not None)
-        self._tags.update_entity(
-            {
-                "PartitionKey": project_id,
-                "RowKey": tag_id,
-                "name": new_name,
-                "description": current.description if description is None else description,
-            },
-            mode=UpdateMode.MERGE,
-        )
+
+        def fields(current: dict[str, Any]) -> dict[str, Any]:
+            return {"description": current.get("description", "") if description is None
+                    else description}
+
+        if not self._update_named(self._tags, project_id, tag_id, name, fields):
+            return None
         return self.get_tag(project_id, tag_id)
 
     def delete_tag(self, project_id: str, tag_id: str) -> Tag | None:
-        """Delete a tag and take it off every image that carries it."""
-        tag = self.get_tag(project_id, tag_id)
-        if tag is None:
+        """Delete a tag and its name, then take it off every image that carries it.
+
+        In this order (the row first, the sweep after) an upload that validated the tag just
+        before it went either is swept here or finds the tag gone after writing (:meth:`_settle`)
+        and takes it off itself."""
+        if _is_name_row(tag_id):
+            return None
+        row = self._delete_named(self._tags, project_id, tag_id)
+        if row is None:
             return None
         for record in self.iter_images(project_id):
             if tag_id in record.tag_ids:
                 self.remove_image_tags(project_id, record.sha256, {tag_id})
-        self._release(self._tags, f"names-{project_id}", tag.name, tag_id)
-        with suppress(ResourceNotFoundError):
-            self._tags.delete_entity(project_id, tag_id)
-        return tag
+        return Tag.from_entity(row)
 
     # --- helpers ----------------------------------------------------------------------------
     def _change_image(
@@ -552,42 +583,116 @@ class LabelStore:
             return updated, True
         raise RuntimeError(f"could not change image {sha256}: too much contention")
 
-    def _claim_unique(self, table: TableClient, partition: str, name: str, new_id: str,
-                      exists: Callable[[str], bool]) -> None:
-        """Bind a name to ``new_id`` or raise :class:`NameTaken`. A binding whose object does
-        not exist (a create or delete that died half-way) is taken over, under its ETag."""
-        owner = self._claim(table, partition, name, new_id)
-        if owner == new_id:
-            return
-        if exists(owner):
-            raise NameTaken(f"the name {name.strip()!r} is taken")
-        row = table.get_entity(partition, name_key(name))
-        try:
-            table.update_entity(
-                {"PartitionKey": partition, "RowKey": row["RowKey"], "id": new_id,
-                 "name": name.strip()},
-                mode=UpdateMode.REPLACE, etag=row.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError) as e:
-            raise NameTaken(f"the name {name.strip()!r} is being taken") from e
+    def _settle(self, record: ImageRecord, added_tags: tuple[str, ...]) -> ImageRecord:
+        """After writing a record: undo what refers to a project or tag deleted meanwhile.
 
-    def _rename(self, table: TableClient, partition: str, old: str, new: str,
-                owner_id: str, exists: Callable[[str], bool]) -> None:
-        self._claim_unique(table, partition, new, owner_id, exists)
-        self._release(table, partition, old, owner_id)
+        The deletes remove their row first and sweep the images after; this reads after writing,
+        so one side always sees the other (see the module docstring). Raises
+        ``Rejected(unknown_project)`` when the project is gone (the record is removed); a gone
+        tag is taken off the record, which is returned as it now is."""
+        if self.get_project(record.project_id) is None:
+            with suppress(ResourceNotFoundError):
+                self._images.delete_entity(record.project_id, record.sha256)
+            raise Rejected(Reason.UNKNOWN_PROJECT, "the project was deleted")
+        gone = {t for t in added_tags if self.get_tag(record.project_id, t) is None}
+        if not gone:
+            return record
+        self.remove_image_tags(record.project_id, record.sha256, gone)
+        return self.get_image(record.project_id, record.sha256) or replace(
+            record, tag_ids=tuple(t for t in record.tag_ids if t not in gone))
 
     @staticmethod
-    def _release(table: TableClient, partition: str, name: str, owner_id: str) -> None:
-        """Drop a name-index row, only if it still points at ``owner_id``."""
+    def _owner(table: TableClient, partition: str, name: str) -> str | None:
+        """The id bound to a name, or None."""
         try:
-            row = table.get_entity(partition, name_key(name))
+            return str(table.get_entity(partition, _name_row_key(name))["id"])
         except ResourceNotFoundError:
-            return
-        if row.get("id") == owner_id:
-            with suppress(ResourceNotFoundError, ResourceModifiedError):
-                table.delete_entity(row, etag=row.metadata["etag"],
-                                    match_condition=MatchConditions.IfNotModified)
+            return None
+
+    @staticmethod
+    def _create_named(table: TableClient, partition: str, name: str,
+                      entity: dict[str, Any]) -> bool:
+        """Insert an object row and its name row in one transaction; False when the name is
+        taken (then neither is written)."""
+        try:
+            table.submit_transaction([
+                ("create", _name_row(partition, name, entity["RowKey"])),
+                ("create", entity),
+            ])
+        except TableTransactionError as e:
+            if e.error_code == TableErrorCode.ENTITY_ALREADY_EXISTS:
+                return False
+            raise
+        return True
+
+    def _update_named(self, table: TableClient, partition: str, row_key: str,
+                      name: str | None, fields: Callable[[dict[str, Any]], dict[str, Any]]
+                      ) -> bool:
+        """Merge ``fields(current row)`` into an object row; a new ``name`` moves its name row in
+        the same transaction. False when the object does not exist; :class:`NameTaken`."""
+        for _ in range(_MAX_RETRIES):
+            try:
+                current = table.get_entity(partition, row_key)
+            except ResourceNotFoundError:
+                return False
+            new_name = name.strip() if name is not None else current["name"]
+            operations: list[Any] = []
+            if name_key(new_name) != name_key(current["name"]):
+                owner = self._owner(table, partition, new_name)
+                if owner is not None and owner != row_key:
+                    raise NameTaken(f"the name {new_name!r} is taken")
+                if owner is None:
+                    operations.append(("create", _name_row(partition, new_name, row_key)))
+                with suppress(ResourceNotFoundError):
+                    old = table.get_entity(partition, _name_row_key(current["name"]))
+                    if old.get("id") == row_key:
+                        operations.append(("delete", old, _if_unchanged(old)))
+            operations.append((
+                "update",
+                {"PartitionKey": partition, "RowKey": row_key, "name": new_name,
+                 **fields(current)},
+                {"mode": UpdateMode.MERGE, **_if_unchanged(current)},
+            ))
+            try:
+                table.submit_transaction(operations)
+            except TableTransactionError as e:
+                if _lost_race(e):
+                    continue  # the name was taken, or the rows changed: look again
+                raise
+            return True
+        raise RuntimeError(f"could not update {row_key}: too much contention")
+
+    def _delete_named(self, table: TableClient, partition: str,
+                      row_key: str) -> dict[str, Any] | None:
+        """Delete an object row and its name row in one transaction; the deleted row, or None
+        when it did not exist."""
+        for _ in range(_MAX_RETRIES):
+            try:
+                current = table.get_entity(partition, row_key)
+            except ResourceNotFoundError:
+                return None
+            operations: list[Any] = [("delete", current, _if_unchanged(current))]
+            with suppress(ResourceNotFoundError):
+                name_row = table.get_entity(partition, _name_row_key(current["name"]))
+                if name_row.get("id") == row_key:
+                    operations.append(("delete", name_row, _if_unchanged(name_row)))
+            try:
+                table.submit_transaction(operations)
+            except TableTransactionError as e:
+                if _lost_race(e):
+                    continue
+                raise
+            return dict(current)
+        raise RuntimeError(f"could not delete {row_key}: too much contention")
+
+    @staticmethod
+    def _delete_partition(table: TableClient, partition: str) -> None:
+        """Delete every row of one partition (a deleted project's tags and their names)."""
+        rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": partition},
+                                    select=["PartitionKey", "RowKey"])
+        for row in list(rows):
+            with suppress(ResourceNotFoundError):
+                table.delete_entity(partition, row["RowKey"])
 
     @staticmethod
     def _image_entity(r: ImageRecord) -> dict[str, Any]:
@@ -607,15 +712,3 @@ class LabelStore:
     def _tag_names(self, project_id: str, record: ImageRecord) -> str:
         found = (self.get_tag(project_id, t) for t in record.tag_ids)
         return ", ".join(repr(t.name) for t in found if t is not None) or "another tag"
-
-    @staticmethod
-    def _claim(table: TableClient, partition: str, name: str, new_id: str) -> str:
-        """Bind a display name to an id exactly once; return whichever id won."""
-        key = name_key(name)
-        try:
-            table.create_entity(
-                {"PartitionKey": partition, "RowKey": key, "id": new_id, "name": name.strip()}
-            )
-            return new_id
-        except ResourceExistsError:
-            return str(table.get_entity(partition, key)["id"])

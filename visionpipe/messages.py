@@ -1,8 +1,21 @@
-"""Queue message shapes (DESIGN §4): training requests and Custom Vision's training events."""
+"""Queue message shapes (docs/ARCHITECTURE.md): training requests and Custom Vision's training
+events, and the one place they are validated.
+
+A queue is an input like any other: a person, a script or anyone holding a SAS can put anything
+on it. Everything the worker and the events function act on is checked here first, strictly
+(exact JSON types, finite numbers, ids that are GUIDs), so that a message that could never be
+processed is recognised as such on its first delivery (:class:`BadMessage`) instead of failing
+somewhere deeper, again on every redelivery: in Azure each redelivery of a training request
+starts another GPU job.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -11,9 +24,109 @@ TRAINING_TYPES = ("Regular", "Advanced")
 TRAINING_COMPLETED = "TrainingCompleted"
 TRAINING_FAILED = "TrainingFailed"
 
+#: Custom Vision ids (projects, iterations, tags) are GUIDs; the registry keys rows by them.
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+MAX_PROJECT_NAME = 256  # as the API and the drop folder
+MAX_SELECTED_TAGS = 1000
+MAX_BUDGET_HOURS = 2**31 - 1  # an Int32 column of the iterations table
+MAX_TIMESTAMP = 64
+
 
 class BadMessage(ValueError):
     """A message that can never be processed, whatever the retry (bad JSON, missing fields)."""
+
+
+def decode_body(content: str | bytes | None) -> str:
+    """Base64 JSON (the Functions default encoding) or, leniently, plain JSON text as a person
+    may enqueue it from a portal or Storage Explorer. Never raises: what is neither is returned
+    as it is and fails as JSON."""
+    if isinstance(content, bytes):
+        content = content.decode("utf-8", errors="replace")
+    text = content or ""
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return text
+
+
+def _no_constant(name: str) -> Any:
+    raise BadMessage(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadMessage(f"{text[:20]} is out of range")
+    return value
+
+
+def load_object(body: str | bytes, what: str) -> dict[str, Any]:
+    """Strict JSON: an object, no ``NaN``/``Infinity``, no number that overflows to infinity."""
+    try:
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    except BadMessage as e:
+        raise BadMessage(f"{what}: {e}") from e
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BadMessage(f"{what} is not JSON") from e
+    if not isinstance(value, dict):
+        raise BadMessage(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def guid(value: Any, name: str) -> str:
+    """A GUID string, lower-cased as the registry writes them."""
+    if not isinstance(value, str) or not _GUID.fullmatch(value):
+        raise BadMessage(f"{name} must be a GUID")
+    return value.lower()
+
+
+def _optional_guid(d: dict[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    return None if value is None or value == "" else guid(value, key)
+
+
+def _project_name(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadMessage("projectName must be a non-empty string")
+    if len(value) > MAX_PROJECT_NAME or not value.isprintable():
+        raise BadMessage(f"projectName must be at most {MAX_PROJECT_NAME} printable characters")
+    return value
+
+
+def _budget(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadMessage("reservedBudgetInHours must be an integer")
+    if not 0 <= value <= MAX_BUDGET_HOURS:
+        raise BadMessage(f"reservedBudgetInHours must be in [0, {MAX_BUDGET_HOURS}]")
+    return value
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_SELECTED_TAGS:
+        raise BadMessage(f"selectedTags must be a list of at most {MAX_SELECTED_TAGS} tag ids")
+    return tuple(guid(t, "selectedTags[]") for t in value)
+
+
+def _training_type(value: Any) -> str:
+    if value is None or value == "":
+        return "Regular"
+    if value not in TRAINING_TYPES:
+        raise BadMessage(f"trainingType must be one of {TRAINING_TYPES}")
+    return str(value)
+
+
+def _timestamp(value: Any) -> str:
+    if value is None or value == "":
+        return datetime.now(UTC).isoformat()
+    if not isinstance(value, str) or len(value) > MAX_TIMESTAMP:
+        raise BadMessage("requestedAt must be a timestamp string")
+    return value
 
 
 @dataclass(frozen=True)
@@ -49,36 +162,26 @@ class TrainingRequest:
 
     @classmethod
     def from_json(cls, body: str | bytes) -> TrainingRequest:
-        try:
-            d = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadMessage(f"training request is not JSON: {e}") from e
-        if not isinstance(d, dict):
-            raise BadMessage("training request must be a JSON object")
-        project_id, project_name = d.get("projectId"), d.get("projectName")
-        if not (isinstance(project_id, str) and project_id) and not (
-            isinstance(project_name, str) and project_name
-        ):
+        """The request in ``body``, or :class:`BadMessage` saying what is wrong with it."""
+        d = load_object(body, "training request")
+        project_id = _optional_guid(d, "projectId")
+        project_name = _project_name(d.get("projectName"))
+        if project_id is None and project_name is None:
             raise BadMessage("training request names no project (projectId or projectName)")
-        training_type = d.get("trainingType") or "Regular"
-        if training_type not in TRAINING_TYPES:
-            raise BadMessage(f"trainingType must be one of {TRAINING_TYPES}, not {training_type!r}")
-        tags = d.get("selectedTags") or []
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise BadMessage("selectedTags must be a list of tag ids")
-        try:
-            budget = int(d.get("reservedBudgetInHours") or 0)
-        except (TypeError, ValueError) as e:
-            raise BadMessage("reservedBudgetInHours must be an integer") from e
         return cls(
-            project_id=project_id or None,
-            project_name=project_name or None,
-            iteration_id=d.get("iterationId") or None,
-            training_type=training_type,
-            reserved_budget_in_hours=budget,
-            selected_tags=tuple(tags),
-            requested_at=d.get("requestedAt") or datetime.now(UTC).isoformat(),
+            project_id=project_id,
+            project_name=project_name,
+            iteration_id=_optional_guid(d, "iterationId"),
+            training_type=_training_type(d.get("trainingType")),
+            reserved_budget_in_hours=_budget(d.get("reservedBudgetInHours")),
+            selected_tags=_tags(d.get("selectedTags")),
+            requested_at=_timestamp(d.get("requestedAt")),
         )
+
+    @classmethod
+    def from_queue(cls, content: str | bytes | None) -> TrainingRequest:
+        """A request as it comes off the queue (base64, or plain JSON put there by hand)."""
+        return cls.from_json(decode_body(content))
 
 
 @dataclass(frozen=True)
@@ -104,14 +207,14 @@ class TrainingEvent:
 
     @classmethod
     def from_json(cls, body: str | bytes) -> TrainingEvent:
-        try:
-            d = json.loads(body)
-            content = d["Content"]
-            event = cls(content["projectId"], content["iterationId"], content["trainingStatus"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise BadMessage(f"not a training event: {e}") from e
+        d = load_object(body, "training event")
         if d.get("type") != "Training":
-            raise BadMessage(f"unknown event type {d.get('type')!r}")
-        if event.training_status not in (TRAINING_COMPLETED, TRAINING_FAILED):
-            raise BadMessage(f"unknown training status {event.training_status!r}")
-        return event
+            raise BadMessage("not a training event (type must be 'Training')")
+        content = d.get("Content")
+        if not isinstance(content, dict):
+            raise BadMessage("not a training event (no Content object)")
+        status = content.get("trainingStatus")
+        if status not in (TRAINING_COMPLETED, TRAINING_FAILED):
+            raise BadMessage(f"trainingStatus must be {TRAINING_COMPLETED} or {TRAINING_FAILED}")
+        return cls(guid(content.get("projectId"), "projectId"),
+                   guid(content.get("iterationId"), "iterationId"), str(status))

@@ -91,6 +91,17 @@ SETTING_TRAINING_EVENTS_QUEUE = "TRAINING_EVENTS_QUEUE"
 # Optional settings: the code's defaults apply when they are absent, so the Bicep need not set them.
 SETTING_URL_FETCH_ALLOWED_NETWORKS = "URL_FETCH_ALLOWED_NETWORKS"
 SETTING_EXPORT_LINK_TTL_SECONDS = "EXPORT_LINK_TTL_SECONDS"
+# The whole-fetch time limit of URL uploads and quick tests (headers and body), in seconds.
+SETTING_URL_FETCH_TIMEOUT_SECONDS = "URL_FETCH_TIMEOUT_SECONDS"
+# The app's public address (https://host) for links it hands out; the request's Host when unset.
+SETTING_PUBLIC_BASE_URL = "PUBLIC_BASE_URL"
+# Every storage client's bounded retries and timeouts (visionpipe.storage), so that an outage is
+# answered in seconds (503), not after minutes of the SDK's default retries.
+SETTING_STORAGE_RETRY_TOTAL = "STORAGE_RETRY_TOTAL"
+SETTING_STORAGE_RETRY_BACKOFF_SECONDS = "STORAGE_RETRY_BACKOFF_SECONDS"
+SETTING_STORAGE_CONNECT_TIMEOUT_SECONDS = "STORAGE_CONNECT_TIMEOUT_SECONDS"
+SETTING_STORAGE_READ_TIMEOUT_SECONDS = "STORAGE_READ_TIMEOUT_SECONDS"
+SETTING_HEALTH_TIMEOUT_SECONDS = "HEALTH_TIMEOUT_SECONDS"
 # The training-events function publishes a better iteration by itself when this is on.
 SETTING_AUTO_PUBLISH = "AUTO_PUBLISH"
 SETTING_AUTO_PUBLISH_NAME = "AUTO_PUBLISH_NAME"
@@ -99,6 +110,9 @@ SETTING_SERVING_RUNS = "SERVING_CONCURRENT_RUNS"
 SETTING_SERVING_THREADS = "SERVING_INTRA_OP_THREADS"
 SETTING_SERVING_MAX_BATCH = "SERVING_MAX_BATCH"
 SETTING_SERVING_POINTER_MAX_AGE = "SERVING_POINTER_MAX_AGE_SECONDS"
+# Image decoding bounds (memory): the prediction pixel budget and the process-wide decode slots.
+SETTING_PREDICTION_MAX_PIXELS = "PREDICTION_MAX_PIXELS"
+SETTING_DECODE_CONCURRENCY = "DECODE_CONCURRENCY"
 
 # The training job's container command (training_job/Dockerfile ENTRYPOINT + Container Apps Job).
 TRAINING_JOB_MODULE = "training_job"
@@ -112,4 +126,5 @@ APP_SETTINGS: tuple[str, ...] = (
     SETTING_MAX_PREDICTION_IMAGE_BYTES,
     SETTING_MIN_IMAGE_SIDE,
     SETTING_MAX_IMAGE_PIXELS,
+    SETTING_PUBLIC_BASE_URL,
 )

@@ -32,6 +32,7 @@ from azure.storage.blob import ContentSettings
 
 from visionpipe import api_errors, names
 from visionpipe.api_models import iso
+from visionpipe.blob_names import is_safe_blob_name, unsafe_reason
 from visionpipe.events import BlobCreated
 from visionpipe.label_store import LabelStore, Project
 from visionpipe.multipart import BadBody, image_from_body
@@ -42,19 +43,24 @@ from visionpipe.prediction_store import (
     StoredPrediction,
     TagProbability,
 )
-from visionpipe.quarantine import is_safe_blob_path, quarantine_blob
+from visionpipe.quarantine import (
+    REASON_SUFFIX,
+    is_reserved_name,
+    quarantine_blob,
+    record_unsafe_name,
+)
 from visionpipe.rejections import Reason, Rejection
 from visionpipe.serving import (
     Classification,
     ModelUnavailable,
     NoPublishedIteration,
+    PreparedImage,
     ServingCore,
     UndecodableImage,
     get_serving,
 )
-from visionpipe.settings import Settings, get_settings
+from visionpipe.settings import ImageLimits, Settings, get_settings
 from visionpipe.storage import Storage, get_storage
-from visionpipe.validation import ValidImage, validate_image
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +181,17 @@ class DropFolderPredictor:
 
     def handle(self, blob: BlobCreated) -> DropResult:
         path = blob.path
+        problem = unsafe_reason(path)
+        if problem is not None:  # judged before any storage call is made with the name
+            # (no prediction id: it is derived from the name, which may not even encode)
+            record_unsafe_name(self.storage, names.PREDICT_IMAGES, path,
+                               context={"eventId": blob.event_id})
+            return DropResult(path, DropOutcome.REJECTED, code=str(Reason.BAD_PATH))
         project_name, _, name = path.partition("/")
         limits = self.settings.prediction_limits
         source = self._inputs.get_blob_client(path)
         data: bytes | None = None
-        checked: ValidImage | Rejection | None = None
+        checked: PreparedImage | Rejection | None = None
         try:
             if blob.content_length is not None and blob.content_length > limits.max_bytes:
                 props = source.get_blob_properties()  # refuse without downloading it
@@ -197,11 +209,11 @@ class DropFolderPredictor:
             return DropResult(path, DropOutcome.GONE)
         prediction_id = drop_prediction_id(path, etag)
 
-        if not name or not is_safe_blob_path(path):
+        if not name or is_reserved_name(path):
             return self._reject(path, etag, prediction_id, None, Rejection(
                 Reason.BAD_PATH,
-                f"drop images as predict-images/{{project name}}/{{file name}}; got {path!r}"),
-                data)
+                f"drop images as predict-images/{{project name}}/{{file name}} (names ending in "
+                f"{REASON_SUFFIX!r} are reserved); got {path!r}"), data)
         project = self._find_project(project_name)
         if project is None:
             return self._reject(path, etag, prediction_id, None, Rejection(
@@ -210,13 +222,13 @@ class DropFolderPredictor:
                 data)
         if checked is None:
             assert data is not None
-            checked = validate_image(data, limits)
+            checked = self.core.prepare(project.id, data, limits)  # the request's one decode
         if isinstance(checked, Rejection):
             return self._reject(path, etag, prediction_id, project.id, checked, data)
         assert data is not None
 
         try:
-            classification = self.core.classify(project.id, data)
+            classification = self.core.classify(project.id, checked)
         except NoPublishedIteration:
             return self._reject(path, etag, prediction_id, project.id, Rejection(
                 NO_PUBLISHED_ITERATION,
@@ -279,7 +291,7 @@ class DropFolderPredictor:
                 rejection: Rejection, data: bytes | None = None) -> DropResult:
         code = str(rejection.reason)
         written = None
-        if is_safe_blob_path(path):  # an unsafe name cannot be mirrored; its reason file says it
+        if is_safe_blob_name(path):  # an unsafe name cannot be mirrored; its reason file says it
             self._write_result(path, etag,
                                error_result(prediction_id, project_id, code, rejection.message))
             written = result_path(path)
@@ -310,21 +322,33 @@ def classify_request(
         data = image_from_body(body, content_type)
     except BadBody as e:
         raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
+    return classify_image(core, project_id, publication.iteration_id, data,
+                          get_settings().prediction_limits, store=store,
+                          publish_name=published_name, application=application)
+
+
+def classify_image(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
+                   limits: ImageLimits, *, store: bool, publish_name: str = "",
+                   application: str = "", storage: Storage | None = None) -> PredictionResult:
+    """Validate, classify and (``store``) record one image of an API request: the one path of
+    the prediction routes and the training API's quick test, so both refuse the same images
+    with the same codes (an undecodable image is a 400, never a 500)."""
     if not data:
         raise api_errors.image_stream_missing()
-    checked = validate_image(data, get_settings().prediction_limits)
+    # Validation decodes at the model's scale and hands over the input: one decode per request.
+    checked = core.prepare(project_id, data, limits, iteration_id=iteration_id)
     if isinstance(checked, Rejection):
         raise api_errors.from_rejection(checked)
     try:
-        classification = core.session(project_id, publication.iteration_id).classify(data)
+        classification = core.session(project_id, iteration_id).classify(checked)
     except UndecodableImage as e:
         raise api_errors.bad_request("BadRequestImageFormat", f"{e} ({Reason.CORRUPT})") from e
     except ModelUnavailable as e:
-        log.error("prediction %s/%s: %s", project_id, published_name, e)
+        log.error("prediction %s/%s: %s", project_id, iteration_id, e)
         raise api_errors.model_unavailable(str(e)) from e
     result = PredictionResult.from_classification(classification)
     if store:
-        PredictionStore(get_storage()).record(result.stored(
-            SOURCE_API, publish_name=published_name, image_sha256=checked.sha256,
+        PredictionStore(storage or get_storage()).record(result.stored(
+            SOURCE_API, publish_name=publish_name, image_sha256=checked.sha256,
             application=application))
     return result

@@ -10,6 +10,7 @@ a second one.
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -102,6 +103,16 @@ class PredictionStore:
             return StoredPrediction.from_entity(self._table.get_entity(project_id, prediction_id))
         except ResourceNotFoundError:
             return None
+
+    def delete_project(self, project_id: str) -> int:
+        """Delete every stored prediction of a project; how many rows there were."""
+        rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": project_id},
+                                          select=["PartitionKey", "RowKey"])
+        keys = [r["RowKey"] for r in rows]
+        for key in keys:
+            with suppress(ResourceNotFoundError):
+                self._table.delete_entity(project_id, key)
+        return len(keys)
 
     def list(self, project_id: str) -> list[StoredPrediction]:
         rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": project_id})

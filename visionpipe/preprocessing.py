@@ -159,10 +159,18 @@ def prepare_image(data: bytes, spec: PreprocessingSpec) -> np.ndarray:
     """Validated image bytes -> the (crop, crop, 3) uint8 picture the model sees (serving path).
 
     A JPEG is decoded at the smallest DCT scale whose result still covers ``resize`` on the
-    shorter side (libjpeg skips most of the work), then resized and cropped in one pass. EXIF
-    orientation is applied first, as everywhere.
+    shorter side (libjpeg skips most of the work), a much larger picture of another format is
+    shrunk by an integer factor before any conversion, then it is resized and cropped in one pass,
+    all inside one decode slot (the full-size pixels never outlive it). EXIF orientation is applied
+    first, as everywhere. The prediction routes do not come here: they take the picture that
+    validation decoded (:func:`crop_picture`).
     """
-    from visionpipe.imaging import open_oriented
+    from visionpipe.imaging import decode_for_model, decode_slot
 
-    img = open_oriented(data, min_size=spec.min_decode_size)
-    return np.asarray(resize_crop_fast(img, spec), dtype=np.uint8)
+    with decode_slot():
+        return crop_picture(decode_for_model(data, spec.min_decode_size), spec)
+
+
+def crop_picture(picture: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
+    """An upright RGB picture -> the (crop, crop, 3) uint8 array the model sees."""
+    return np.asarray(resize_crop_fast(picture, spec), dtype=np.uint8)

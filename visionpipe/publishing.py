@@ -5,10 +5,17 @@ name, and the drop folder uses the project's most recently published one. The au
 (off unless ``AUTO_PUBLISH`` is set; ``make demo`` turns it on) publishes a freshly trained
 iteration under ``AUTO_PUBLISH_NAME`` only when its overall metrics are no worse than those of
 what it would displace: the iteration of that name, and the one the drop folder uses now.
+
+Anyone who can write to the ``training-events`` queue can claim that training completed, so a
+``TrainingCompleted`` event is believed only when the iteration's artifacts say the same: a
+``manifest.json`` of this very project and iteration, and the ``model.onnx`` whose SHA-256 that
+manifest records. An event the artifacts do not back (forged, or early) is ignored with a log
+line: it completes nothing and publishes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -18,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from visionpipe import names
 from visionpipe.label_store import LabelStore
-from visionpipe.manifest import METRICS_FILE
+from visionpipe.manifest import METRICS_FILE, MODEL_FILE
 from visionpipe.messages import TRAINING_COMPLETED, TRAINING_FAILED, TrainingEvent
 from visionpipe.registry import (
     Iteration,
@@ -41,6 +48,8 @@ MAX_PUBLISH_NAME = 256
 _FORBIDDEN_IN_NAME = set('/\\?#%"<>|*:')
 
 FAILED_WITHOUT_REASON = "training failed and reported no reason"
+#: ``EventOutcome.status`` of an event that changed nothing because nothing backs it.
+IGNORED = "Ignored"
 
 
 # --- errors (the HTTP adapter maps them to Custom Vision's codes) -------------------------------
@@ -232,6 +241,28 @@ class EventOutcome:
     published: Publication | None = None
     gate: GateDecision | None = None
     failure_reason: str = ""
+    ignored_because: str = ""
+
+
+def artifacts_problem(registry: Registry, project_id: str, iteration_id: str) -> str | None:
+    """Why ``models/{project}/{iteration}/`` does not hold this iteration's model; None when it
+    does: a manifest naming this project and iteration, and the model it fingerprints."""
+    try:
+        manifest = registry.read_manifest(project_id, iteration_id)
+    except NotFound:
+        return "it has no manifest.json"
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"its manifest.json is not a manifest ({type(e).__name__})"
+    if (manifest.project_id, manifest.iteration_id) != (project_id, iteration_id):
+        return (f"its manifest.json belongs to iteration {str(manifest.iteration_id)[:64]!r} of "
+                f"project {str(manifest.project_id)[:64]!r}")
+    try:
+        model = registry.download_artifact(project_id, iteration_id, MODEL_FILE)
+    except NotFound:
+        return "it has no model.onnx"
+    if hashlib.sha256(model).hexdigest() != str(manifest.model_sha256).lower():
+        return "its model.onnx is not the model its manifest.json records (SHA-256 differs)"
+    return None
 
 
 def _recorded_metrics(registry: Registry, iteration: Iteration) -> dict[str, Any]:
@@ -260,6 +291,12 @@ def handle_training_event(event: TrainingEvent, registry: Registry, label_store:
                                f"project {event.project_id}")
 
     if event.training_status == TRAINING_FAILED:
+        if iteration.status == IterationStatus.COMPLETED:
+            # The job records Failed before it says so, and never fails a registered model:
+            # a Failed event for a Completed iteration is not the job's.
+            log.warning("project %s: ignoring TrainingFailed for iteration %s, which is "
+                        "Completed", iteration.project_id, iteration.id)
+            return EventOutcome(IGNORED, ignored_because="the iteration is Completed")
         reason = iteration.failure_reason or FAILED_WITHOUT_REASON
         if iteration.status != IterationStatus.FAILED or not iteration.failure_reason:
             iteration = registry.update_iteration(iteration.project_id, iteration.id,
@@ -270,6 +307,11 @@ def handle_training_event(event: TrainingEvent, registry: Registry, label_store:
         return EventOutcome(str(iteration.status), failure_reason=reason)
 
     assert event.training_status == TRAINING_COMPLETED
+    problem = artifacts_problem(registry, iteration.project_id, iteration.id)
+    if problem is not None:
+        log.warning("project %s: ignoring TrainingCompleted for iteration %s (%s): %s",
+                    iteration.project_id, iteration.id, iteration.status, problem)
+        return EventOutcome(IGNORED, ignored_because=problem)
     metrics = _recorded_metrics(registry, iteration)
     changes: dict[str, Any] = {}
     if metrics and not iteration.metrics:

@@ -3,15 +3,27 @@ published pointer.
 
 - ``iterations``: PartitionKey = project id, RowKey = iteration id. Status moves
   Training -> Completed | Failed; progress and metrics are JSON columns a client can poll.
+  One more row per project, RowKey ``lock-training``: the training lock (see below).
 - ``models/{projectId}/{iterationId}/``: model.onnx, manifest.json, metrics.json, plots.
 - ``models/{projectId}/published.json``: the published pointer, one small blob per project whose
   ETag tells serving cheaply whether anything changed. Custom Vision lets several iterations be
   published under different names; the drop folder uses the most recently published one.
+
+The training lock: one training at a time per project, across every Function instance.
+:meth:`Registry.start_training` writes the lock row (``holder`` = the new iteration's id,
+``counter`` = its number) and the iteration row in one entity-group transaction, the lock row
+under its ETag, so of several concurrent calls exactly one succeeds. The lock is held while its
+holder iteration exists and is Queued or Training: an iteration that ends (Completed, Failed,
+Canceled) or is deleted frees it, even when nobody released it explicitly (a killed worker leaves
+its iteration Training, and the retried message trains it: still in progress, as in the service).
+:meth:`Registry.end_training` releases it early; :meth:`Registry.update_iteration` calls it when
+it writes a final status.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -25,7 +37,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableErrorCode, TableTransactionError, UpdateMode
 from azure.storage.blob import ContentSettings
 
 from visionpipe import names
@@ -34,12 +46,34 @@ from visionpipe.storage import Storage
 
 PUBLISHED_FILE = "published.json"
 _JSON_COLUMNS = ("selectedTags", "progress", "metrics")
+_LOCK_KEY = "lock-training"  # RowKey of the training lock (iteration ids are GUIDs)
+_DELETING = "project-deleted"  # lock holder while a project is being deleted
+_MAX_RETRIES = 20
+_NUMBERED = re.compile(r"Iteration (\d+)")
+_LOST_RACE = frozenset({
+    TableErrorCode.ENTITY_ALREADY_EXISTS, TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED,
+    TableErrorCode.CONDITION_NOT_MET, TableErrorCode.ENTITY_NOT_FOUND,
+    TableErrorCode.RESOURCE_NOT_FOUND,
+})
 
 
 class IterationStatus(StrEnum):
+    """Custom Vision's iteration statuses. visionpipe writes Training at once (the request is
+    queued in the same call) and then Completed or Failed; Queued and Canceled rows parse too."""
+
+    QUEUED = "Queued"
     TRAINING = "Training"
     COMPLETED = "Completed"
     FAILED = "Failed"
+    CANCELED = "Canceled"
+
+
+#: A training is in progress while an iteration is in one of these.
+IN_PROGRESS = frozenset({IterationStatus.QUEUED, IterationStatus.TRAINING})
+
+
+class TrainingInProgress(RuntimeError):
+    """The project already has a training in progress (or is being deleted)."""
 
 
 def _now() -> datetime:
@@ -67,6 +101,10 @@ class Iteration:
     # compares it to refuse "nothing changed" like the service (BadRequestTrainingNotNeeded).
     dataset_fingerprint: str = ""
     timings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_progress(self) -> bool:
+        return self.status in IN_PROGRESS
 
     @classmethod
     def from_entity(cls, e: dict[str, Any]) -> Iteration:
@@ -121,6 +159,10 @@ class NotFound(LookupError):
     pass
 
 
+def _if_unchanged(entity: Any) -> dict[str, Any]:
+    return {"etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+
+
 class Registry:
     def __init__(self, storage: Storage) -> None:
         self._table = storage.table(names.ITERATIONS_TABLE)
@@ -139,16 +181,36 @@ class Registry:
         classification_type: str = "Multiclass",
         dataset_fingerprint: str = "",
     ) -> Iteration:
-        """Create an iteration in status Training; an existing id is returned unchanged."""
+        """Create an iteration in status Training; an existing id is returned unchanged.
+
+        This does not take the training lock (the training job registers iterations queued
+        without one); the train route uses :meth:`start_training`."""
         iteration_id = iteration_id or str(uuid.uuid4())
         existing = self.get_iteration(project_id, iteration_id)
         if existing is not None:
             return existing
+        entity = self._iteration_entity(
+            project_id, iteration_id,
+            name or f"Iteration {self._last_number(project_id, self._lock(project_id)) + 1}",
+            training_type=training_type, reserved_budget_in_hours=reserved_budget_in_hours,
+            selected_tags=selected_tags, classification_type=classification_type,
+            dataset_fingerprint=dataset_fingerprint)
+        with suppress(ResourceExistsError):  # a concurrent create of the same id: theirs stands
+            self._table.create_entity(entity)
+        found = self.get_iteration(project_id, iteration_id)
+        assert found is not None
+        return found
+
+    @staticmethod
+    def _iteration_entity(project_id: str, iteration_id: str, name: str, *, training_type: str,
+                          reserved_budget_in_hours: int, selected_tags: tuple[str, ...],
+                          classification_type: str, dataset_fingerprint: str
+                          ) -> dict[str, Any]:
         now = _now()
-        entity = {
+        entity: dict[str, Any] = {
             "PartitionKey": project_id,
             "RowKey": iteration_id,
-            "name": name or f"Iteration {len(self.list_iterations(project_id)) + 1}",
+            "name": name,
             "status": str(IterationStatus.TRAINING),
             "created": now,
             "lastModified": now,
@@ -159,13 +221,116 @@ class Registry:
         }
         if dataset_fingerprint:
             entity["datasetFingerprint"] = dataset_fingerprint
-        with suppress(ResourceExistsError):  # a concurrent create of the same id: theirs stands
-            self._table.create_entity(entity)
-        found = self.get_iteration(project_id, iteration_id)
-        assert found is not None
-        return found
+        return entity
+
+    # --- the training lock ----------------------------------------------------------------------
+    def start_training(
+        self,
+        project_id: str,
+        *,
+        training_type: str = "Regular",
+        reserved_budget_in_hours: int = 0,
+        selected_tags: tuple[str, ...] = (),
+        classification_type: str = "Multiclass",
+        dataset_fingerprint: str = "",
+    ) -> Iteration:
+        """Take the project's training lock and create its iteration (status Training), both in
+        one transaction; :class:`TrainingInProgress` when another training holds the lock.
+
+        The lock row also counts iterations, so names ("Iteration 7") never repeat, even after
+        deletes."""
+        for _ in range(_MAX_RETRIES):
+            lock = self._lock(project_id)
+            if lock is not None and self._held(project_id, lock):
+                raise TrainingInProgress(f"a training of project {project_id} is in progress")
+            number = self._last_number(project_id, lock) + 1
+            iteration_id = str(uuid.uuid4())
+            lock_row = {"PartitionKey": project_id, "RowKey": _LOCK_KEY,
+                        "holder": iteration_id, "counter": number}
+            take: tuple[Any, ...] = (
+                ("create", lock_row) if lock is None
+                else ("update", lock_row, {"mode": UpdateMode.REPLACE, **_if_unchanged(lock)}))
+            entity = self._iteration_entity(
+                project_id, iteration_id, f"Iteration {number}", training_type=training_type,
+                reserved_budget_in_hours=reserved_budget_in_hours, selected_tags=selected_tags,
+                classification_type=classification_type, dataset_fingerprint=dataset_fingerprint)
+            try:
+                self._table.submit_transaction([take, ("create", entity)])
+            except TableTransactionError as e:
+                if e.error_code in _LOST_RACE:
+                    continue  # another call took the lock first: look at who holds it
+                raise
+            found = self.get_iteration(project_id, iteration_id)
+            assert found is not None
+            return found
+        raise TrainingInProgress(f"project {project_id}: too much contention for the lock")
+
+    def end_training(self, project_id: str, iteration_id: str) -> None:
+        """Release the lock if ``iteration_id`` holds it (an ended or deleted iteration). Not
+        needed for correctness (a lock whose holder ended is free), it keeps the row honest."""
+        lock = self._lock(project_id)
+        if lock is None or lock.get("holder") != iteration_id:
+            return
+        with suppress(ResourceModifiedError, ResourceNotFoundError):
+            self._table.update_entity(
+                {"PartitionKey": project_id, "RowKey": _LOCK_KEY, "holder": ""},
+                mode=UpdateMode.MERGE, **_if_unchanged(lock))
+
+    def block_training(self, project_id: str) -> None:
+        """Hold the lock for a project deletion: no training can start until
+        :meth:`delete_project` removes the lock with everything else. Raises
+        :class:`TrainingInProgress` while an iteration is Queued or Training."""
+        for _ in range(_MAX_RETRIES):
+            lock = self._lock(project_id)
+            if lock is not None and lock.get("holder") == _DELETING:
+                return  # a delete that died half-way, being repeated
+            if lock is not None and self._held(project_id, lock):
+                raise TrainingInProgress(f"a training of project {project_id} is in progress")
+            if any(i.in_progress for i in self.list_iterations(project_id)):
+                raise TrainingInProgress(f"a training of project {project_id} is in progress")
+            row = {"PartitionKey": project_id, "RowKey": _LOCK_KEY, "holder": _DELETING,
+                   "counter": self._last_number(project_id, lock)}
+            try:
+                if lock is None:
+                    self._table.create_entity(row)
+                else:
+                    self._table.update_entity(row, mode=UpdateMode.REPLACE, **_if_unchanged(lock))
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                continue
+            return
+        raise TrainingInProgress(f"project {project_id}: too much contention for the lock")
+
+    def unblock_training(self, project_id: str) -> None:
+        """Give the lock back after a project deletion that failed before the project row went
+        (the project stays usable; repeating the delete takes the lock again)."""
+        self.end_training(project_id, _DELETING)
+
+    def _lock(self, project_id: str) -> Any:
+        try:
+            return self._table.get_entity(project_id, _LOCK_KEY)
+        except ResourceNotFoundError:
+            return None
+
+    def _held(self, project_id: str, lock: Any) -> bool:
+        holder = lock.get("holder") or ""
+        if holder == _DELETING:
+            return True
+        if not holder:
+            return False
+        iteration = self.get_iteration(project_id, holder)
+        return iteration is not None and iteration.in_progress
+
+    def _last_number(self, project_id: str, lock: Any) -> int:
+        """The highest iteration number used so far: the lock's counter, or a higher number in
+        a name (iterations registered without the lock), or the count of iterations."""
+        iterations = self.list_iterations(project_id)
+        numbers = [len(iterations), int(lock.get("counter", 0)) if lock is not None else 0]
+        numbers += [int(m.group(1)) for i in iterations if (m := _NUMBERED.fullmatch(i.name))]
+        return max(numbers)
 
     def get_iteration(self, project_id: str, iteration_id: str) -> Iteration | None:
+        if iteration_id == _LOCK_KEY:
+            return None
         try:
             return Iteration.from_entity(self._table.get_entity(project_id, iteration_id))
         except ResourceNotFoundError:
@@ -173,7 +338,8 @@ class Registry:
 
     def list_iterations(self, project_id: str) -> list[Iteration]:
         rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": project_id})
-        return sorted((Iteration.from_entity(r) for r in rows), key=lambda i: i.created)
+        return sorted((Iteration.from_entity(r) for r in rows if r["RowKey"] != _LOCK_KEY),
+                      key=lambda i: i.created)
 
     def update_iteration(self, project_id: str, iteration_id: str, **columns: Any) -> Iteration:
         """Merge columns into the row (dicts/lists in JSON columns are serialised)."""
@@ -185,18 +351,36 @@ class Registry:
                 value = str(value)
             entity[key] = value
         entity["lastModified"] = _now()
+        if iteration_id == _LOCK_KEY:
+            raise NotFound(f"iteration {iteration_id} of project {project_id}")
         try:
             self._table.update_entity(entity, mode=UpdateMode.MERGE)
         except ResourceNotFoundError as e:
             raise NotFound(f"iteration {iteration_id} of project {project_id}") from e
         found = self.get_iteration(project_id, iteration_id)
         assert found is not None
+        if "status" in columns and not found.in_progress:
+            self.end_training(project_id, iteration_id)
         return found
 
     def delete_iteration(self, project_id: str, iteration_id: str) -> None:
         for blob in self._models.list_blobs(name_starts_with=f"{project_id}/{iteration_id}/"):
             self._models.delete_blob(blob.name)
         self._table.delete_entity(project_id, iteration_id)
+        self.end_training(project_id, iteration_id)
+
+    def delete_project(self, project_id: str) -> None:
+        """Delete every iteration row, the training lock and everything under
+        ``models/{projectId}/`` (artifacts and the published pointer)."""
+        for blob in list(self._models.list_blobs(name_starts_with=f"{project_id}/")):
+            with suppress(ResourceNotFoundError):
+                self._models.delete_blob(blob.name)
+        rows = self._table.query_entities("PartitionKey eq @pk", parameters={"pk": project_id},
+                                          select=["PartitionKey", "RowKey"])
+        keys = [r["RowKey"] for r in rows]
+        for key in sorted(keys, key=lambda k: k == _LOCK_KEY):  # the lock last
+            with suppress(ResourceNotFoundError):
+                self._table.delete_entity(project_id, key)
 
     # --- artifacts ----------------------------------------------------------------------------
     @staticmethod

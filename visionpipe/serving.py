@@ -30,10 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from visionpipe.imaging import decode_slot
 from visionpipe.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
-from visionpipe.preprocessing import PreprocessingSpec, normalize_into, prepare_image
+from visionpipe.preprocessing import (
+    PreprocessingSpec,
+    crop_picture,
+    normalize_into,
+    prepare_image,
+)
 from visionpipe.registry import NotFound, Publication, Publications, Registry
-from visionpipe.settings import ServingConfig, get_settings
+from visionpipe.rejections import Rejection
+from visionpipe.settings import ImageLimits, ServingConfig, get_settings
+from visionpipe.validation import ValidImage, decode_valid_image, validate_image
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -54,6 +62,26 @@ class ModelUnavailable(RuntimeError):
 
 class UndecodableImage(ValueError):
     """The image passed validation but its pixels could not be decoded for the model."""
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A validated prediction image and, when the model was known, its input from the same decode.
+
+    ``tensor`` is None when no model could be resolved at validation time (nothing published, or
+    the model does not load): classifying then raises that error, or decodes ``data`` if a model
+    appeared meanwhile. A tensor made for another preprocessing spec (the published iteration
+    changed in between) is not used either.
+    """
+
+    image: ValidImage
+    data: bytes
+    spec: PreprocessingSpec | None = None
+    tensor: np.ndarray | None = None
+
+    @property
+    def sha256(self) -> str:
+        return self.image.sha256
 
 
 def session_options(config: ServingConfig) -> ort.SessionOptions:
@@ -202,12 +230,38 @@ class ModelSession:
         except Exception as e:  # any decoder complaint: the input's fault, not the server's
             raise UndecodableImage(f"the image could not be decoded: {type(e).__name__}: "
                                    f"{e}") from e
+        return self._normalised(crop)
+
+    def prepare(self, data: bytes, limits: ImageLimits) -> PreparedImage | Rejection:
+        """Validate ``data`` and make this model's input from the one decode that validates it.
+
+        Validation, the crop and the release of the full-size pixels happen inside one decode
+        slot, so at most DECODE_CONCURRENCY pictures are in memory however many requests wait.
+        """
+        with decode_slot():
+            decoded = decode_valid_image(data, limits, self.spec.min_decode_size)
+            if isinstance(decoded, Rejection):
+                return decoded
+            image = decoded.image
+            crop = crop_picture(decoded.picture, self.spec)
+            del decoded  # the picture goes before the slot does
+        return PreparedImage(image, data, self.spec, self._normalised(crop))
+
+    def _normalised(self, crop: np.ndarray) -> np.ndarray:
         out = np.empty((3, self.spec.crop, self.spec.crop), dtype=np.float32)
         normalize_into(out, crop, self.spec)
         return out
 
-    def classify(self, data: bytes) -> Classification:
-        probs = self.infer(self.tensor(data))
+    def input_for(self, image: bytes | PreparedImage) -> np.ndarray:
+        """The model input of raw bytes or of a :class:`PreparedImage` (decoded only if needed)."""
+        if isinstance(image, PreparedImage):
+            if image.tensor is not None and image.spec == self.spec:
+                return image.tensor
+            return self.tensor(image.data)
+        return self.tensor(image)
+
+    def classify(self, image: bytes | PreparedImage) -> Classification:
+        probs = self.infer(self.input_for(image))
         return Classification(self.project_id, self.iteration_id, self.tag_ids, self.tag_names,
                               probs)
 
@@ -414,11 +468,28 @@ class ServingCore:
         return publication
 
     # --- predicting -----------------------------------------------------------------------------
-    def classify(self, project_id: str, data: bytes,
+    def prepare(self, project_id: str, data: bytes, limits: ImageLimits,
+                publish_name: str | None = None,
+                iteration_id: str | None = None) -> PreparedImage | Rejection:
+        """Validate a prediction image with the decode the model needs (one decode per request):
+        ``iteration_id``'s, else the published one's. Without a usable model it is only
+        validated: a bad image is still refused as such (a 400, not the model's 503), and the
+        missing model is reported by whoever classifies it."""
+        try:
+            if iteration_id is None:
+                iteration_id = self.resolve(project_id, publish_name).iteration_id
+            model = self.session(project_id, iteration_id)
+        except (NoPublishedIteration, ModelUnavailable):
+            checked = validate_image(data, limits)
+            return checked if isinstance(checked, Rejection) else PreparedImage(checked, data)
+        return model.prepare(data, limits)
+
+    def classify(self, project_id: str, image: bytes | PreparedImage,
                  publish_name: str | None = None) -> Classification:
-        """Validated image bytes -> probabilities from the published iteration."""
+        """Validated image bytes (or a :meth:`prepare`d image) -> probabilities from the
+        published iteration."""
         publication = self.resolve(project_id, publish_name)
-        return self.session(project_id, publication.iteration_id).classify(data)
+        return self.session(project_id, publication.iteration_id).classify(image)
 
     def classify_many(self, project_id: str, images: Sequence[bytes],
                       publish_name: str | None = None) -> list[Classification]:

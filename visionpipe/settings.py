@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import TypedDict
 
 from visionpipe import names
 
@@ -45,6 +46,32 @@ def _int(value: str | None, default: int) -> int:
     return default if value is None or value.strip() == "" else int(value)
 
 
+def _seconds(value: str | None, default: float) -> float:
+    return default if value is None or value.strip() == "" else max(0.1, float(value))
+
+
+class _StorageClientOptions(TypedDict):
+    retry_total: int
+    retry_backoff_seconds: float
+    connect_timeout_seconds: float
+    read_timeout_seconds: float
+    health_timeout_seconds: float
+
+
+def _storage_client_options(env: Mapping[str, str]) -> _StorageClientOptions:
+    """The bounded retry policy and timeouts of every storage client (see StorageSettings)."""
+    return {
+        "retry_total": max(0, _int(env.get(names.SETTING_STORAGE_RETRY_TOTAL), 2)),
+        "retry_backoff_seconds": _seconds(env.get(names.SETTING_STORAGE_RETRY_BACKOFF_SECONDS),
+                                          1.0),
+        "connect_timeout_seconds": _seconds(
+            env.get(names.SETTING_STORAGE_CONNECT_TIMEOUT_SECONDS), 2.0),
+        "read_timeout_seconds": _seconds(env.get(names.SETTING_STORAGE_READ_TIMEOUT_SECONDS),
+                                         10.0),
+        "health_timeout_seconds": _seconds(env.get(names.SETTING_HEALTH_TIMEOUT_SECONDS), 3.0),
+    }
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """How to reach the storage account: a connection string, or an account name + identity."""
@@ -55,6 +82,15 @@ class StorageSettings:
     blob_endpoint: str | None = None
     queue_endpoint: str | None = None
     table_endpoint: str | None = None
+    # Bounded retries and timeouts on every client, so that a storage outage is answered in
+    # seconds: retries after the first attempt, the pause before each, TCP connect and socket
+    # read limits. The SDK defaults (10 retries, 15 s+ exponential back-off) held requests ~80 s.
+    retry_total: int = 2
+    retry_backoff_seconds: float = 1.0
+    connect_timeout_seconds: float = 2.0
+    read_timeout_seconds: float = 10.0  # per socket read, not per transfer; > Tables' 5 s
+    # GET /health gives up on storage after this long, whatever the SDK is doing.
+    health_timeout_seconds: float = 3.0
 
     @classmethod
     def from_env(
@@ -64,7 +100,7 @@ class StorageSettings:
         if conn:
             if conn.strip() == "UseDevelopmentStorage=true":
                 conn = azurite_connection_string()
-            return cls(connection_string=conn)
+            return cls(connection_string=conn, **_storage_client_options(env))
         account = env.get(f"{prefix}__accountName")
         blob = env.get(f"{prefix}__blobServiceUri")
         if not account and not blob:
@@ -79,6 +115,7 @@ class StorageSettings:
             blob_endpoint=blob or f"https://{account}.blob.{suffix}",
             queue_endpoint=env.get(f"{prefix}__queueServiceUri") or f"https://{account}.queue.{suffix}",
             table_endpoint=env.get(f"{prefix}__tableServiceUri") or f"https://{account}.table.{suffix}",
+            **_storage_client_options(env),
         )
 
 
@@ -92,6 +129,26 @@ class ImageLimits:
     max_aspect: float = 25.0
     max_pixels: int = 64_000_000
     upscale_small: bool = False
+    # Pixels one decode may hold in memory (after JPEG DCT scaling), None: no such budget. Set on
+    # the prediction path, where a request must not cost hundreds of MB (PREDICTION_MAX_PIXELS).
+    max_decoded_pixels: int | None = None
+
+
+#: 4096 x 4096: a decoded RGB(A) picture of at most 64 MB, so DECODE_CONCURRENCY (2) decodes stay
+#: near 160 MB even for palette images converted on the way; a JPEG counts at its reduced decode
+#: scale, so 10,240 px JPEGs (1/8 scale: 1.6 MP) still pass.
+DEFAULT_PREDICTION_MAX_PIXELS = 4096 * 4096
+DEFAULT_DECODE_CONCURRENCY = 2
+
+
+def decode_concurrency(env: Mapping[str, str] | None = None) -> int:
+    """How many image decodes one process runs at once (DECODE_CONCURRENCY, at least 1).
+
+    Read on its own, not through :class:`Settings`, because the training job and plain library
+    use decode images without any storage configured.
+    """
+    env = os.environ if env is None else env
+    return max(1, _int(env.get(names.SETTING_DECODE_CONCURRENCY), DEFAULT_DECODE_CONCURRENCY))
 
 
 def _cores() -> int:
@@ -140,12 +197,19 @@ class Settings:
     prediction_key: str | None = None
     auto_create_projects: bool = True
     training_limits: ImageLimits = field(default_factory=lambda: ImageLimits(max_bytes=6 * MB))
-    prediction_limits: ImageLimits = field(default_factory=lambda: ImageLimits(max_bytes=4 * MB))
+    prediction_limits: ImageLimits = field(default_factory=lambda: ImageLimits(
+        max_bytes=4 * MB, max_decoded_pixels=DEFAULT_PREDICTION_MAX_PIXELS))
     training_requests_queue: str = names.TRAINING_REQUESTS
     training_events_queue: str = names.TRAINING_EVENTS
     # CIDRs exempt from the refusal of private addresses in URL uploads (empty: none).
     url_fetch_allowed_networks: tuple[str, ...] = ()
     export_link_ttl_seconds: int = 3600
+    # The whole URL fetch (resolve, connect, headers, body) ends within this many seconds.
+    url_fetch_timeout_seconds: float = 10.0
+    # Where clients reach the app (``https://host``, no trailing slash): signed export links and
+    # image URIs are built on it. None: the request's own Host (local runs only; in Azure the
+    # Bicep sets it, so a forged Host header cannot redirect a link).
+    public_base_url: str | None = None
     auto_publish: bool = False
     auto_publish_name: str = "latest"
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -171,7 +235,10 @@ class Settings:
             prediction_key=env.get(names.SETTING_PREDICTION_KEY) or None,
             auto_create_projects=_flag(env.get(names.SETTING_AUTO_CREATE_PROJECTS), True),
             training_limits=limits(names.SETTING_MAX_TRAINING_IMAGE_BYTES, 6 * MB),
-            prediction_limits=limits(names.SETTING_MAX_PREDICTION_IMAGE_BYTES, 4 * MB),
+            prediction_limits=replace(
+                limits(names.SETTING_MAX_PREDICTION_IMAGE_BYTES, 4 * MB),
+                max_decoded_pixels=max(1, _int(env.get(names.SETTING_PREDICTION_MAX_PIXELS),
+                                               DEFAULT_PREDICTION_MAX_PIXELS))),
             training_requests_queue=env.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
             or names.TRAINING_REQUESTS,
             training_events_queue=env.get(names.SETTING_TRAINING_EVENTS_QUEUE)
@@ -184,6 +251,11 @@ class Settings:
             export_link_ttl_seconds=max(
                 1, _int(env.get(names.SETTING_EXPORT_LINK_TTL_SECONDS), 3600)
             ),
+            url_fetch_timeout_seconds=max(
+                0.1, float(env.get(names.SETTING_URL_FETCH_TIMEOUT_SECONDS) or 10.0)
+            ),
+            public_base_url=(env.get(names.SETTING_PUBLIC_BASE_URL) or "").strip().rstrip("/")
+            or None,
             auto_publish=_flag(env.get(names.SETTING_AUTO_PUBLISH), False),
             auto_publish_name=(env.get(names.SETTING_AUTO_PUBLISH_NAME) or "").strip()
             or "latest",

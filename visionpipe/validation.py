@@ -6,6 +6,13 @@ any decode, the size rules, and last an integrity decode -- a JPEG at 1/8 scale 
 every entropy-coded byte, so truncation is still caught), other formats one full first frame,
 bounded by the pixel budget. Arbitrary bytes give a :class:`ValidImage` or a :class:`Rejection`,
 never an exception. No Pillow global is modified, so this is safe to call from many threads.
+
+The prediction path calls :func:`decode_valid_image` instead: the integrity decode is then done at
+the scale the model needs and its pixels are handed back, so a request is decoded once, not once
+to validate and again to predict. Its limits carry a second budget, ``max_decoded_pixels``, on
+the pixels the decode would hold in memory (a JPEG counts at its reduced decode scale, unless it
+has several scans: libjpeg then buffers every coefficient of the full-size image). Pixel work
+runs inside one of the process's decode slots (:func:`visionpipe.imaging.decode_slot`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,13 @@ from io import BytesIO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from visionpipe.imaging import exif_orientation, swaps_sides
+from visionpipe.imaging import (
+    decode_slot,
+    draft_to_cover,
+    exif_orientation,
+    picture_for_model,
+    swaps_sides,
+)
 from visionpipe.rejections import Reason, Rejection
 from visionpipe.settings import ImageLimits
 
@@ -50,6 +63,14 @@ class ValidImage:
     @property
     def content_type(self) -> str:
         return CONTENT_TYPES[self.format]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An accepted image and the pixels of the very decode that validated it."""
+
+    image: ValidImage
+    picture: Image.Image  # upright 8-bit RGB, see visionpipe.imaging.picture_for_model
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -133,8 +154,24 @@ def _bytes(n: int) -> str:
 
 def validate_image(data: bytes, limits: ImageLimits) -> ValidImage | Rejection:
     """Check ``data`` against ``limits``; see the module docstring for the order of checks."""
+    result = _guarded(data, limits, None)
+    return result.image if isinstance(result, DecodedImage) else result
+
+
+def decode_valid_image(data: bytes, limits: ImageLimits,
+                       min_size: tuple[int, int]) -> DecodedImage | Rejection:
+    """:func:`validate_image`, keeping the pixels: decoded to cover ``min_size`` (upright width,
+    height; a JPEG at the smallest DCT scale that does), upright 8-bit RGB."""
+    result = _guarded(data, limits, min_size)
+    if isinstance(result, ValidImage):  # cannot happen: a min_size always keeps the picture
+        return Rejection(Reason.CORRUPT, "the image could not be decoded")
+    return result
+
+
+def _guarded(data: bytes, limits: ImageLimits,
+             min_size: tuple[int, int] | None) -> ValidImage | DecodedImage | Rejection:
     try:
-        return _validate(data, limits)
+        return _validate(data, limits, min_size)
     except Exception as exc:  # noqa: BLE001 - the contract is "never raises" for any input
         return Rejection(Reason.CORRUPT, f"the image could not be read: {_explain(exc)}")
 
@@ -156,7 +193,8 @@ def _header_error(fmt: str, data: bytes, exc: Exception) -> str:
     return "Pillow could not identify it"
 
 
-def _validate(data: bytes, limits: ImageLimits) -> ValidImage | Rejection:
+def _validate(data: bytes, limits: ImageLimits,
+              min_size: tuple[int, int] | None) -> ValidImage | DecodedImage | Rejection:
     size_bytes = len(data)
     if size_bytes == 0:
         return Rejection(Reason.EMPTY, "the file is empty (0 bytes)")
@@ -193,12 +231,39 @@ def _validate(data: bytes, limits: ImageLimits) -> ValidImage | Rejection:
         )
 
     with img:
-        return _check_opened(img, fmt, data, stream, limits)
+        return _check_opened(img, fmt, data, stream, limits, min_size)
+
+
+def _jpeg_has_several_scans(img: Image.Image, data: bytes) -> bool:
+    """Progressive, or a sequential JPEG whose components come in separate scans: either way
+    libjpeg keeps the coefficients of the whole full-size image, even when drafting (about 3 bytes
+    per stored pixel: 187 MB for a 370 KB progressive 8000 x 8000 file)."""
+    if img.info.get("progressive") or img.info.get("progression"):
+        return True
+    i, end = 2, len(data)
+    while i + 4 <= end:  # walk the marker segments up to the first scan
+        if data[i] != 0xFF:
+            return False  # not a marker where one must be: the decoder will say what is wrong
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: another one before the end of image: several
+            start = i + 2 + length
+            end_of_image = data.find(b"\xff\xd9", start)  # an MPO's next picture is not a scan
+            return data.find(b"\xff\xda", start, end if end_of_image < 0 else end_of_image) >= 0
+        i += 2 + length
+    return False
 
 
 def _check_opened(
-    img: Image.Image, fmt: str, data: bytes, stream: _EOFWatchingIO, limits: ImageLimits
-) -> ValidImage | Rejection:
+    img: Image.Image, fmt: str, data: bytes, stream: _EOFWatchingIO, limits: ImageLimits,
+    min_size: tuple[int, int] | None = None,
+) -> ValidImage | DecodedImage | Rejection:
     stored_w, stored_h = img.size
     mode = img.mode
     pixels = stored_w * stored_h
@@ -243,21 +308,42 @@ def _check_opened(
             )
         upscaled = True
 
-    try:
-        if fmt == "JPEG":
+    if fmt == "JPEG":
+        if min_size is None:
             # Decodes at 1/8 scale; draft() takes the stored size, and 0 would divide by zero.
             img.draft("RGB", (max(1, stored_w // 8), max(1, stored_h // 8)))
-        img.load()  # first frame only for GIF/APNG/MPO
-        if stream.hit_eof and ImageFile.LOAD_TRUNCATED_IMAGES:
+        else:
+            draft_to_cover(img, orientation, min_size)
+    budget = limits.max_decoded_pixels
+    if budget is not None:
+        held_w, held_h = img.size  # after draft(): the size the JPEG decodes at
+        if fmt != "JPEG" or _jpeg_has_several_scans(img, data):
+            held_w, held_h = stored_w, stored_h
+        if held_w * held_h > budget:
             return Rejection(
-                Reason.CORRUPT,
-                f"the {fmt} data is truncated: the decoder needed more bytes than the file has",
+                Reason.TOO_MANY_PIXELS,
+                f"decoding this {width}x{height} px {fmt} would hold {held_w}x{held_h} px "
+                f"({_mp(held_w * held_h)}) in memory; the prediction limit is {_mp(budget)} "
+                f"({budget:,} pixels)",
             )
-        if fmt == "PNG":
-            orientation = exif_orientation(img)
-            if swaps_sides(orientation):
-                width, height = stored_h, stored_w
-        frames = int(getattr(img, "n_frames", 1))
+
+    picture: Image.Image | None = None
+    try:
+        with decode_slot():
+            img.load()  # first frame only for GIF/APNG/MPO
+            if stream.hit_eof and ImageFile.LOAD_TRUNCATED_IMAGES:
+                return Rejection(
+                    Reason.CORRUPT,
+                    f"the {fmt} data is truncated: the decoder needed more bytes than the file "
+                    "has",
+                )
+            if fmt == "PNG":
+                orientation = exif_orientation(img)
+                if swaps_sides(orientation):
+                    width, height = stored_h, stored_w
+            if min_size is not None:  # before n_frames, which moves through the frames
+                picture = picture_for_model(img, orientation, min_size)
+            frames = int(getattr(img, "n_frames", 1))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Rejection(Reason.TOO_MANY_PIXELS, f"the {fmt} image has too many pixels: {exc}")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a broken file
@@ -265,7 +351,7 @@ def _check_opened(
             Reason.CORRUPT, f"the {fmt} image data is damaged or incomplete: {_explain(exc)}"
         )
 
-    return ValidImage(
+    valid = ValidImage(
         format=fmt,
         width=width,
         height=height,
@@ -276,3 +362,4 @@ def _check_opened(
         size_bytes=len(data),
         upscaled=upscaled,
     )
+    return valid if picture is None else DecodedImage(valid, picture)

@@ -244,6 +244,16 @@ resource trainingJob 'Microsoft.App/jobs@2025-01-01' = {
               name: names.SETTING_TRAINING_EVENTS_QUEUE
               value: names.TRAINING_EVENTS
             }
+            // The job answers no HTTP request: it rides out a storage blip (about 30 s) rather
+            // than fail an iteration that would then be trained again from the start.
+            {
+              name: names.SETTING_STORAGE_RETRY_TOTAL
+              value: '6'
+            }
+            {
+              name: names.SETTING_STORAGE_RETRY_BACKOFF_SECONDS
+              value: '5'
+            }
             {
               name: names.SETTING_KEY_VAULT_URI
               value: keyVaultUri

@@ -180,6 +180,12 @@ var appSettings = [
     name: names.SETTING_MAX_IMAGE_PIXELS
     value: string(maxImagePixels)
   }
+  // Links the app hands out (export downloadUri, image URIs) use this, never the request's Host.
+  // The app's default host name (functionApp.properties.defaultHostName would be a cycle here).
+  {
+    name: names.SETTING_PUBLIC_BASE_URL
+    value: 'https://${name}.azurewebsites.net'
+  }
 ]
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
@@ -198,6 +204,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_17:Clients of the Custom Vision-compatible API authenticate with Training-Key/Prediction-Key headers; requiring client certificates would break the unmodified SDK.
+  //checkov:skip=CKV_AZURE_78:Flex Consumption sites reject siteConfig.ftpsState (ARM error 51021 on newer stamps); FTP and FTPS are off through the ftp and scm basicPublishingCredentialsPolicies below (allow: false).
   name: name
   location: location
   tags: union(tags, {
@@ -217,7 +224,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // No ftpsState: Flex Consumption rejects it (51021); basicPublishingCredentialsPolicies
+      // below turn FTP off instead.
       http20Enabled: true
       appSettings: appSettings
     }

@@ -36,7 +36,12 @@ param eventGridPrincipalId string
 @description('Object id of a user or group to grant storage data access; empty for none.')
 param userPrincipalId string = ''
 
-@description('Principal type of userPrincipalId.')
+@description('Principal type of userPrincipalId: User, or ServicePrincipal when a CI pipeline deploys, or Group.')
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
 param userPrincipalType string = 'User'
 
 var roles = {

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -42,6 +43,26 @@ log = logging.getLogger("visionpipe.local.host")
 
 REPO = Path(__file__).resolve().parents[2]
 EVENT_GRID_WEBHOOK = "/runtime/webhooks/eventgrid"
+#: The Functions host's own request body limit (100 MB); the prediction routes get their image
+#: limit instead (:meth:`LocalHost.body_limit`), so a huge body is refused before it is read.
+HOST_MAX_BODY_BYTES = 100 * 1024 * 1024
+#: Room for the multipart framing around a prediction image of the maximum size.
+MULTIPART_SLACK_BYTES = 64 * 1024
+#: Event Grid delivers at most 1 MB per request.
+EVENT_GRID_MAX_BODY_BYTES = 1024 * 1024
+#: After refusing a body, read (and drop) at most this much of what is still in flight, so the
+#: client sees the answer instead of a reset connection.
+_DRAIN_BYTES = 8 * 1024 * 1024
+_DRAIN_SECONDS = 1.0
+
+
+def error_body(code: str, message: str) -> bytes:
+    """Custom Vision's error shape, for what the host itself refuses."""
+    return json.dumps({"code": code, "message": message}).encode()
+
+
+def _bad_request(message: str) -> tuple[int, dict[str, str], bytes]:
+    return 400, {"Content-Type": "application/json"}, error_body("BadRequest", message)
 
 
 def load_local_settings(path: Path) -> dict[str, str]:
@@ -182,6 +203,22 @@ class LocalHost:
         self.routes.sort(key=lambda r: -r.literal_segments)
 
     # --- HTTP -----------------------------------------------------------------------------------
+    def body_limit(self, path: str) -> tuple[int, str]:
+        """The most body bytes a request to ``path`` may carry, and the error code for more.
+
+        The prediction routes take one image of at most MAX_PREDICTION_IMAGE_BYTES: anything much
+        larger is refused before it is read, instead of being buffered whole and refused after.
+        """
+        lowered = path.lower()
+        if lowered.rstrip("/") == EVENT_GRID_WEBHOOK:
+            return EVENT_GRID_MAX_BODY_BYTES, "BadRequest"
+        if "/prediction/" in lowered:
+            from visionpipe.settings import get_settings
+
+            limit = get_settings().prediction_limits.max_bytes + MULTIPART_SLACK_BYTES
+            return limit, "BadRequestImageSizeBytes"
+        return HOST_MAX_BODY_BYTES, "BadRequest"
+
     def handle_http(
         self, method: str, url: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes]:
@@ -231,10 +268,21 @@ class LocalHost:
         try:
             payload = json.loads(body)
         except ValueError:
-            return 400, {}, b""
+            return _bad_request("the body is not JSON")
         events = payload if isinstance(payload, list) else [payload]
+        # Event Grid's schema: events are objects and their `data` is an object. Anything else is
+        # the sender's mistake (a 400), never the function's failure (a 500 makes Event Grid retry).
+        if not events:
+            return _bad_request("the body holds no event")
+        for raw in events:
+            if not isinstance(raw, dict):
+                return _bad_request("each event must be a JSON object")
+            if not isinstance(raw.get("data"), dict):
+                return _bad_request("an event's data must be a JSON object")
         if lowered.get("aeg-event-type") == "SubscriptionValidation":
-            code = events[0].get("data", {}).get("validationCode", "")
+            code = events[0].get("data", {}).get("validationCode")
+            if not isinstance(code, str) or not code:
+                return _bad_request("the validation event has no validationCode")
             answer = json.dumps({"validationResponse": code}).encode()
             return 200, {"Content-Type": "application/json"}, answer
         arg, fn = target
@@ -345,20 +393,77 @@ class _Handler(BaseHTTPRequestHandler):
     server: HostServer
 
     def _dispatch(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body()
+        if body is None:
+            return  # refused and answered; the connection closes
         host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_port}"
         url = f"http://{host}{self.path}"
         status, headers, payload = self.server.host.handle_http(
             self.command, url, {k: v for k, v in self.headers.items()}, body)
+        self._answer(status, headers, payload)
+
+    def _answer(self, status: int, headers: dict[str, str], payload: bytes) -> None:
         self.send_response(status)
         for key, value in headers.items():
             if key.lower() not in ("content-length", "connection", "transfer-encoding"):
                 self.send_header(key, value)
         self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _refuse(self, status: int, code: str, message: str, drain: bool = False) -> None:
+        """Answer in Custom Vision's error shape and close: the rest of the body is not read, so
+        the connection cannot carry another request."""
+        self.close_connection = True
+        self._answer(status, {"Content-Type": "application/json"}, error_body(code, message))
+        if drain:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Read what the client is still sending, briefly, so closing does not reset the
+        connection before it has read the answer."""
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        with suppress(OSError):
+            self.wfile.flush()
+            left = _DRAIN_BYTES
+            while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.connection.settimeout(remaining)
+                chunk = self.connection.recv(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after refusing it: an unreadable Content-Length (400), a
+        chunked body (411, the host needs the length up front) or one over the limit (413, before
+        any of it is read; at most 8 MB / 1 s of it is then drained and dropped)."""
+        values = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") and not values:
+            self._refuse(411, "BadRequest", "send the body with a Content-Length")
+            return None
+        if not values:
+            return b""
+        raw = values[0].strip()
+        if len(values) > 1 or not raw.isdigit() or not raw.isascii():
+            self._refuse(400, "BadRequest", "the Content-Length header is not a byte count")
+            return None
+        length = int(raw)
+        limit, code = self.server.host.body_limit(urlsplit(self.path).path)
+        if length > limit:  # known from the header: refused before a byte of it is buffered
+            self._refuse(413, code, f"the request body is {length:,} bytes; the limit is "
+                                    f"{limit:,} bytes", drain=True)
+            return None
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client went away mid-body
+            self.close_connection = True
+            return None
+        return body
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
