@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up down demo test test-fast bench lint clean
+.PHONY: setup setup-exporters up down demo test test-fast bench lint clean
 
 # The venv is rebuilt when any requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt training_job/requirements.txt pyproject.toml
@@ -24,6 +24,11 @@ local.settings.json: local.settings.json.template
 	$(PY) -m visionpipe.local.stack init
 
 setup: $(STAMP) node_modules/.bin/azurite local.settings.json  ## venv, Azurite, local settings
+	@$(PY) scripts/fetch_weights.py
+
+# Optional: the export converters (OpenVINO, float16). Their tests skip without them; CI installs them.
+setup-exporters: $(STAMP)  ## the export converters of training_job/requirements-export.txt
+	$(PY) -m pip install --quiet -r training_job/requirements-export.txt
 
 up: setup  ## start the local stack in the background; returns once /health answers
 	$(PY) -m visionpipe.local.stack up

@@ -14,7 +14,8 @@ does), registers and publishes a MobileNetV3-Small iteration, then measures on l
 
 Throughput and latency are measured for 1024x768 JPEGs (the size bench/predict.py uses) and for
 small 384x288 camera frames. The load generator is a bounded Python client in this process; the
-host is another process on the same two cores. The last line is the JSON record of DESIGN §9
+host is another process on the same two cores. The last line is the JSON record of ARCHITECTURE.md,
+"Benchmarks"
 (baseline: the issue's goal for drop p50, ratio > 1 means better than the goal).
 """
 
@@ -42,15 +43,15 @@ for extra in (ROOT, ROOT / "bench"):
 import httpx  # noqa: E402
 
 from visionpipe import names  # noqa: E402
-from visionpipe.label_store import LabelStore  # noqa: E402
 from visionpipe.local.azurite import free_port, start_azurite, wait_for_port  # noqa: E402
 from visionpipe.local.samples import make_photo  # noqa: E402
 from visionpipe.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, TagOutput  # noqa: E402
+from visionpipe.pipeline.publishing import publish  # noqa: E402
 from visionpipe.preprocessing import PreprocessingSpec  # noqa: E402
-from visionpipe.publishing import publish  # noqa: E402
-from visionpipe.registry import IterationStatus, Registry  # noqa: E402
 from visionpipe.settings import reset_settings  # noqa: E402
 from visionpipe.storage import get_storage  # noqa: E402
+from visionpipe.stores.label_store import LabelStore  # noqa: E402
+from visionpipe.stores.registry import IterationStatus, Registry  # noqa: E402
 
 PREDICTION_KEY = "bench-prediction-key"
 TRAINING_KEY = "bench-training-key"

@@ -2,7 +2,7 @@
 
 Baseline, in the same run: the same ingest done by a direct library call (no event path), so the
 ratio shows how much of the latency is the event path (bridge polling, HTTP, host) rather than the
-work itself. Last line: one JSON object (DESIGN §9).
+work itself. Last line: one JSON object (ARCHITECTURE.md, "Benchmarks").
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ def main() -> None:
         os.environ[names.STORAGE_CONNECTION] = azurite.connection_string
         from function_app import app
         from tests.drops import typed, upload
-        from visionpipe.ingest import ingest_training_blob
-        from visionpipe.label_store import LabelStore
         from visionpipe.local.bridge import EventGridBridge
         from visionpipe.local.host import start_host
         from visionpipe.local.samples import make_image
+        from visionpipe.pipeline.ingest import ingest_training_blob
         from visionpipe.settings import get_settings
         from visionpipe.storage import get_storage
+        from visionpipe.stores.label_store import LabelStore
 
         storage = get_storage()
         storage.ensure_resources()

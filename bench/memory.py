@@ -39,12 +39,12 @@ if str(ROOT) not in sys.path:
 from PIL import Image  # noqa: E402
 
 from visionpipe import names  # noqa: E402
-from visionpipe.label_store import LabelStore  # noqa: E402
 from visionpipe.local.azurite import free_port, start_azurite, wait_for_port  # noqa: E402
-from visionpipe.publishing import publish  # noqa: E402
-from visionpipe.registry import Registry  # noqa: E402
+from visionpipe.pipeline.publishing import publish  # noqa: E402
 from visionpipe.settings import reset_settings  # noqa: E402
 from visionpipe.storage import get_storage  # noqa: E402
+from visionpipe.stores.label_store import LabelStore  # noqa: E402
+from visionpipe.stores.registry import Registry  # noqa: E402
 
 PREDICTION_KEY = "bench-prediction-key"
 PUBLISH_NAME = "bench"

@@ -5,7 +5,7 @@ Run from the repo root: ``.venv/bin/python bench/predict.py``. A MobileNetV3-Sma
 training job does (softmax at the end, dynamic batch) and served three ways, on the same
 photo-like 1024x768 JPEGs, interleaved round by round so a noisy shared machine hits all alike:
 
-- serving core: :class:`visionpipe.serving.ModelSession.classify` (JPEG draft decode at the
+- serving core: :class:`visionpipe.serving.core.ModelSession.classify` (JPEG draft decode at the
   smallest covering scale, one-pass resize+crop, table-lookup normalisation, ORT session tuned
   for a Functions instance, ranked output);
 - naive: PIL full decode + torchvision Resize/CenterCrop/ToTensor/Normalize + torch eager model;
@@ -14,7 +14,7 @@ photo-like 1024x768 JPEGs, interleaved round by round so a noisy shared machine 
 
 Also reported: validation (the HTTP/drop paths run it first), batch-16 cost per image, and four
 clients classifying at once under three ways of sharing the cores. Medians over
-rounds; the last line is the JSON record DESIGN §9 asks for.
+rounds; the last line is the JSON record ARCHITECTURE.md, "Benchmarks" asks for.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from visionpipe.imaging import open_oriented  # noqa: E402
 from visionpipe.local.samples import make_photo  # noqa: E402
 from visionpipe.manifest import Manifest, TagOutput  # noqa: E402
 from visionpipe.preprocessing import PreprocessingSpec  # noqa: E402
-from visionpipe.serving import ModelSession, ServingConfig  # noqa: E402
+from visionpipe.serving.core import ModelSession, ServingConfig  # noqa: E402
 from visionpipe.settings import MB, ImageLimits  # noqa: E402
 from visionpipe.validation import validate_image  # noqa: E402
 

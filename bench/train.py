@@ -12,7 +12,7 @@ one real batch already in memory, no data pipeline — measured in alternation w
 their batches through the job's loader (decode, augmentation), so both see the same machine
 load. ``ratio = pipeline / model-only`` (<= 1): near 1 means loading keeps up and the model is
 the bottleneck. Rates are medians over 5 alternating rounds; the per-epoch rates of the whole
-iteration are printed too. The last line is the JSON record of DESIGN §9.
+iteration are printed too. The last line is the JSON record of ARCHITECTURE.md, "Benchmarks".
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from visionpipe import names  # noqa: E402
-from visionpipe.label_store import ImageFacts, LabelStore  # noqa: E402
 from visionpipe.local.azurite import free_port, start_azurite  # noqa: E402
 from visionpipe.local.samples import KINDS, make_image  # noqa: E402
 from visionpipe.messages import TrainingRequest  # noqa: E402
-from visionpipe.registry import Registry  # noqa: E402
 from visionpipe.settings import reset_settings  # noqa: E402
 from visionpipe.storage import Storage, get_storage  # noqa: E402
+from visionpipe.stores.label_store import ImageFacts, LabelStore  # noqa: E402
+from visionpipe.stores.registry import Registry  # noqa: E402
 
 GOAL_SECONDS = 180.0
 

@@ -3,7 +3,7 @@
 Run from the repo root: ``.venv/bin/python bench/validate.py``. Photo-like JPEGs (smooth colour
 fields, soft shapes, mild noise) at 1024x768 and 4000x3000; each repeat times visionpipe and the
 baseline back to back on the same bytes, and the medians are reported, so a noisy shared machine
-affects both alike. The last line is the JSON record DESIGN §9 asks for.
+affects both alike. The last line is the JSON record ARCHITECTURE.md, "Benchmarks" asks for.
 """
 
 from __future__ import annotations

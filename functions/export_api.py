@@ -1,11 +1,14 @@
-"""Custom Vision's export routes (DESIGN §6):
+"""Custom Vision's export routes (ARCHITECTURE.md, "HTTP API"); the logic is in
+:mod:`visionpipe.api.export`:
 
 ``POST /customvision/{v}/training/projects/{projectId}/iterations/{iterationId}/export
-?platform=ONNX&flavor=`` and ``GET`` of the same path (``Training-Key``) -> Export(s), status Done
-at once: an iteration is an ONNX model already.
-``GET .../export/download?expires=&sig=`` -> model.onnx. Authenticated by the signed,
-short-lived query string in ``downloadUri`` (:mod:`visionpipe.export_links`), because SDK users
-fetch that URI with a plain GET; a ``Training-Key`` header works too.
+?platform=&flavor=`` and ``GET`` of the same path (``Training-Key``) -> Export(s): plain ONNX is
+Done at once, every other platform/flavor is Exporting until the training job's export worker
+turns it Done or Failed.
+``GET .../export/download?[platform=&flavor=&]expires=&sig=`` -> model.onnx, or the export zip.
+Authenticated by the signed, short-lived query string in ``downloadUri``
+(:mod:`visionpipe.api.export_links`), because SDK users fetch that URI with a plain GET; a
+``Training-Key`` header works too.
 """
 
 import azure.functions as func
@@ -16,50 +19,53 @@ EXPORT_ROUTE = ("customvision/{apiVersion}/training/projects/{projectId}/iterati
                 "{iterationId}/export")
 
 
-def _link(req: func.HttpRequest) -> str:
-    from visionpipe.export_links import download_url, public_base_url
+def _linker(req: func.HttpRequest):  # noqa: ANN202 - visionpipe.api.export.Linker
+    from visionpipe.api.export_links import download_url, public_base_url
     from visionpipe.settings import get_settings
 
-    return download_url(public_base_url(req.url), req.route_params["apiVersion"],
-                        req.route_params["projectId"], req.route_params["iterationId"],
-                        get_settings().training_key or "")
+    base, key = public_base_url(req.url), get_settings().training_key or ""
+    return lambda platform, flavor: download_url(
+        base, req.route_params["apiVersion"], req.route_params["projectId"],
+        req.route_params["iterationId"], key, platform=platform, flavor=flavor)
 
 
 @bp.function_name("export_iteration")
 @bp.route(route=EXPORT_ROUTE, methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def export_iteration(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import training_call
-    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api.adapter import training_call
+    from visionpipe.api.export import ExportApi
 
     project_id, iteration_id = req.route_params["projectId"], req.route_params["iterationId"]
     if req.method.upper() == "GET":
-        return training_call(req, lambda: IterationApi.create().exports(
-            project_id, iteration_id, _link(req)))
-    return training_call(req, lambda: IterationApi.create().export(
+        return training_call(req, lambda: ExportApi.create().exports(
+            project_id, iteration_id, _linker(req)))
+    return training_call(req, lambda: ExportApi.create().export(
         project_id, iteration_id, req.params.get("platform"), req.params.get("flavor"),
-        _link(req)))
+        _linker(req)))
 
 
 @bp.function_name("download_export")
 @bp.route(route=EXPORT_ROUTE + "/download", methods=["GET"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def download_export(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_errors
-    from visionpipe.api_adapter import training_call
-    from visionpipe.api_iterations import IterationApi
-    from visionpipe.auth import check_training_key
-    from visionpipe.export_links import verify
+    from visionpipe.api import errors as api_errors
+    from visionpipe.api.adapter import training_call
+    from visionpipe.api.auth import check_training_key
+    from visionpipe.api.export import ExportApi
+    from visionpipe.api.export_links import verify
     from visionpipe.settings import get_settings
 
     project_id, iteration_id = req.route_params["projectId"], req.route_params["iterationId"]
+    platform, flavor = req.params.get("platform") or "", req.params.get("flavor") or ""
 
     def act() -> func.HttpResponse:
         signed = verify(get_settings().training_key, project_id, iteration_id,
-                        req.params.get("expires"), req.params.get("sig"))
+                        req.params.get("expires"), req.params.get("sig"),
+                        artifact=f"{platform}|{flavor}" if platform else "")
         if not signed and check_training_key(req.headers) is not None:
             raise api_errors.access_denied()
-        data = IterationApi.create().model_bytes(project_id, iteration_id)
+        data, filename = ExportApi.create().download(project_id, iteration_id, platform, flavor)
         return func.HttpResponse(data, mimetype="application/octet-stream", headers={
-            "Content-Disposition": f'attachment; filename="{iteration_id}.onnx"'})
+            "Content-Disposition": f'attachment; filename="{filename}"'})
 
     return training_call(req, act, check_key=False)

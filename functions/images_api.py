@@ -1,4 +1,5 @@
-"""Custom Vision Training API routes for images (DESIGN §6), ``Training-Key``. Under
+"""Custom Vision Training API routes for images (ARCHITECTURE.md, "HTTP API"), ``Training-Key``.
+Under
 ``/customvision/{v}/training/projects/{projectId}/``:
 
 ``GET    images?taggingStatus=&tagIds=&orderBy=&take=&skip=``  api_images (v3.4 get_images)
@@ -19,7 +20,7 @@
                                                                 api_image_original
 
 Uploads answer 200 when every image is OK and 207 otherwise. Thin: the work is in
-:mod:`visionpipe.api_images`, imported on first call (cold start).
+:mod:`visionpipe.api.images`, imported on first call (cold start).
 """
 
 from collections.abc import Callable
@@ -36,12 +37,12 @@ _ANON = func.AuthLevel.ANONYMOUS
 def _serve(req: func.HttpRequest, work: Callable[[Any, str], object],
            status: int = 200) -> func.HttpResponse:
     """Build the image context for this request and run ``work(ctx, project_id)``."""
-    from visionpipe.api_adapter import json_response, training_call
-    from visionpipe.api_images import Context
-    from visionpipe.export_links import public_base_url
-    from visionpipe.label_store import LabelStore
+    from visionpipe.api.adapter import training_call
+    from visionpipe.api.export_links import public_base_url
+    from visionpipe.api.images import Context
     from visionpipe.settings import get_settings
     from visionpipe.storage import get_storage
+    from visionpipe.stores.label_store import LabelStore
 
     version = req.route_params.get("apiVersion", "")
 
@@ -52,11 +53,7 @@ def _serve(req: func.HttpRequest, work: Callable[[Any, str], object],
     def run() -> object:
         storage = get_storage()
         ctx = Context(storage, LabelStore(storage), get_settings().training_limits, image_uri)
-        result = work(ctx, req.route_params["projectId"])
-        if isinstance(result, tuple):  # uploads: (ImageCreateSummary, 200 | 207)
-            body, code = result
-            return json_response(body, code)
-        return result
+        return work(ctx, req.route_params["projectId"])
 
     return training_call(req, run, status=status)
 
@@ -65,14 +62,14 @@ _BY_PARAM = "taggingStatus"  # tagged or not as the taggingStatus parameter says
 
 
 def _tagged(req: func.HttpRequest, tagged: bool | None | str) -> bool | None:
-    from visionpipe.api_images import tagging_status
+    from visionpipe.api.images import tagging_status
 
     return tagging_status(req.params.get(_BY_PARAM)) if tagged == _BY_PARAM else tagged  # type: ignore[return-value]
 
 
 def _list(req: func.HttpRequest, tagged: bool | None | str) -> func.HttpResponse:
-    from visionpipe import api_images
-    from visionpipe.api_adapter import id_list, int_param
+    from visionpipe.api import images as api_images
+    from visionpipe.api.adapter import id_list, int_param
 
     p = req.params
     return _serve(req, lambda ctx, pid: api_images.list_images(
@@ -81,8 +78,8 @@ def _list(req: func.HttpRequest, tagged: bool | None | str) -> func.HttpResponse
 
 
 def _count(req: func.HttpRequest, tagged: bool | None | str) -> func.HttpResponse:
-    from visionpipe import api_images
-    from visionpipe.api_adapter import id_list
+    from visionpipe.api import images as api_images
+    from visionpipe.api.adapter import id_list
 
     return _serve(req, lambda ctx, pid: api_images.count_images(
         ctx, pid, _tagged(req, tagged), id_list(req.params.get("tagIds"))))
@@ -91,8 +88,8 @@ def _count(req: func.HttpRequest, tagged: bool | None | str) -> func.HttpRespons
 @bp.function_name("api_images")
 @bp.route(route=_IMAGES, methods=["GET", "POST", "DELETE"], auth_level=_ANON)
 def api_images(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_images as images
-    from visionpipe.api_adapter import flag, id_list
+    from visionpipe.api import images
+    from visionpipe.api.adapter import flag, id_list
 
     method = req.method.upper()
     if method == "GET":
@@ -119,8 +116,8 @@ def api_images_count(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("api_images_files")
 @bp.route(route=f"{_IMAGES}/files", methods=["POST"], auth_level=_ANON)
 def api_images_files(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_images
-    from visionpipe.api_adapter import json_body
+    from visionpipe.api import images as api_images
+    from visionpipe.api.adapter import json_body
 
     return _serve(req, lambda ctx, pid: api_images.create_images(
         ctx, pid, api_images.uploads_from_files(json_body(req))))
@@ -129,9 +126,9 @@ def api_images_files(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("api_images_urls")
 @bp.route(route=f"{_IMAGES}/urls", methods=["POST"], auth_level=_ANON)
 def api_images_urls(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_images
-    from visionpipe.api_adapter import json_body
-    from visionpipe.api_projects import require_project
+    from visionpipe.api import images as api_images
+    from visionpipe.api.adapter import json_body
+    from visionpipe.api.projects import require_project
 
     def work(ctx: Any, pid: str) -> object:
         require_project(ctx.store, pid)  # before fetching anything
@@ -144,9 +141,9 @@ def api_images_urls(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("api_images_predictions")
 @bp.route(route=f"{_IMAGES}/predictions", methods=["POST"], auth_level=_ANON)
 def api_images_predictions(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_images
-    from visionpipe.api_adapter import json_body
-    from visionpipe.api_projects import require_project
+    from visionpipe.api import images as api_images
+    from visionpipe.api.adapter import json_body
+    from visionpipe.api.projects import require_project
 
     def work(ctx: Any, pid: str) -> object:
         require_project(ctx.store, pid)
@@ -159,8 +156,8 @@ def api_images_predictions(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("api_images_by_id")
 @bp.route(route=f"{_IMAGES}/id", methods=["GET"], auth_level=_ANON)
 def api_images_by_id(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_images
-    from visionpipe.api_adapter import id_list
+    from visionpipe.api import images as api_images
+    from visionpipe.api.adapter import id_list
 
     return _serve(req, lambda ctx, pid: api_images.get_images_by_ids(
         ctx, pid, id_list(req.params.get("imageIds"))))
@@ -193,8 +190,8 @@ def api_images_untagged_count(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("api_image_tags")
 @bp.route(route=f"{_IMAGES}/tags", methods=["POST", "DELETE"], auth_level=_ANON)
 def api_image_tags(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_images
-    from visionpipe.api_adapter import id_list, json_body
+    from visionpipe.api import images as api_images
+    from visionpipe.api.adapter import id_list, json_body
 
     if req.method.upper() == "DELETE":
         return _serve(req, lambda ctx, pid: api_images.delete_image_tags(
@@ -206,8 +203,8 @@ def api_image_tags(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("api_image_original")
 @bp.route(route=f"{_IMAGES}/{{imageId}}/original", methods=["GET"], auth_level=_ANON)
 def api_image_original(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_images
-    from visionpipe.api_adapter import RawBody
+    from visionpipe.api import images as api_images
+    from visionpipe.api.adapter import RawBody
 
     def work(ctx: Any, pid: str) -> object:
         data, content_type = api_images.original_image(ctx, pid, req.route_params["imageId"])

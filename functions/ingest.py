@@ -6,7 +6,7 @@ import azure.functions as func
 
 from visionpipe import names
 from visionpipe.blob_names import escape_name
-from visionpipe.events import EventRefused, from_grid_event
+from visionpipe.pipeline.events import EventRefused, from_grid_event
 from visionpipe.settings import get_settings
 from visionpipe.storage import get_storage
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def ingest_training_image(event: func.EventGridEvent) -> None:
     # Imported on first use: the storage SDK and Pillow would otherwise weigh on every cold start
     # of the app, including instances that only serve HTTP.
-    from visionpipe.ingest import ingest_training_blob
+    from visionpipe.pipeline.ingest import ingest_training_blob
 
     try:
         blob = from_grid_event(event, names.TRAINING_IMAGES)

@@ -1,11 +1,11 @@
-"""Custom Vision's iteration routes (DESIGN §6), ``Training-Key``:
+"""Custom Vision's iteration routes (ARCHITECTURE.md, "HTTP API"), ``Training-Key``:
 
 ``GET    /customvision/{v}/training/projects/{projectId}/iterations``
 ``GET|PATCH|DELETE .../iterations/{iterationId}``
 ``GET    .../iterations/{iterationId}/performance?threshold=&overlapThreshold=``
 ``GET    .../iterations/{iterationId}/performance/images[/count]?tagIds=&orderBy=&take=&skip=``
 
-Logic in :mod:`visionpipe.api_iterations`; heavy modules are imported inside the handlers so the
+Logic in :mod:`visionpipe.api.iterations`; heavy modules are imported inside the handlers so the
 Function app's cold import stays small.
 """
 
@@ -25,8 +25,8 @@ def _ids(req: func.HttpRequest) -> tuple[str, str]:
 @bp.function_name("list_iterations")
 @bp.route(route=ITERATIONS_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def list_iterations(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import training_call
-    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api.adapter import training_call
+    from visionpipe.api.iterations import IterationApi
 
     return training_call(req, lambda: IterationApi.create().list(req.route_params["projectId"]))
 
@@ -35,8 +35,8 @@ def list_iterations(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=ITERATION_ROUTE, methods=["GET", "PATCH", "DELETE"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def iteration(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import json_body, training_call
-    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api.adapter import json_body, training_call
+    from visionpipe.api.iterations import IterationApi
 
     def act() -> object:
         api, (project_id, iteration_id) = IterationApi.create(), _ids(req)
@@ -51,7 +51,7 @@ def iteration(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _threshold(req: func.HttpRequest) -> float:
-    from visionpipe.api_adapter import query
+    from visionpipe.api.adapter import query
 
     return query(req).number("threshold", 0.5, 0.0, 1.0)
 
@@ -59,8 +59,8 @@ def _threshold(req: func.HttpRequest) -> float:
 @bp.function_name("iteration_performance")
 @bp.route(route=PERFORMANCE_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def iteration_performance(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import training_call
-    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api.adapter import training_call
+    from visionpipe.api.iterations import IterationApi
 
     # overlapThreshold only means something for object detection; accepted and ignored.
     return training_call(req, lambda: IterationApi.create().performance(
@@ -68,7 +68,7 @@ def iteration_performance(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _int(req: func.HttpRequest, name: str, default: int) -> int:
-    from visionpipe.api_adapter import query
+    from visionpipe.api.adapter import query
 
     return query(req).integer(name, default)
 
@@ -77,8 +77,8 @@ def _int(req: func.HttpRequest, name: str, default: int) -> int:
 @bp.route(route=PERFORMANCE_ROUTE + "/images", methods=["GET"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def image_performances(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import id_list, training_call
-    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api.adapter import id_list, training_call
+    from visionpipe.api.iterations import IterationApi
 
     return training_call(req, lambda: IterationApi.create().image_performances(
         *_ids(req), id_list(req.params.get("tagIds")), req.params.get("orderBy"),
@@ -89,8 +89,8 @@ def image_performances(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=PERFORMANCE_ROUTE + "/images/count", methods=["GET"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def image_performance_count(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import id_list, training_call
-    from visionpipe.api_iterations import IterationApi
+    from visionpipe.api.adapter import id_list, training_call
+    from visionpipe.api.iterations import IterationApi
 
     return training_call(req, lambda: IterationApi.create().image_performance_count(
         *_ids(req), id_list(req.params.get("tagIds"))))

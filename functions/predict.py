@@ -6,7 +6,7 @@ import azure.functions as func
 
 from visionpipe import names
 from visionpipe.blob_names import escape_name
-from visionpipe.events import EventRefused, from_grid_event
+from visionpipe.pipeline.events import EventRefused, from_grid_event
 from visionpipe.settings import get_settings
 from visionpipe.storage import get_storage
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 @bp.event_grid_trigger(arg_name="event")
 def predict_image(event: func.EventGridEvent) -> None:
     # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
-    from visionpipe.predict import DropFolderPredictor
+    from visionpipe.pipeline.drop_predict import DropFolderPredictor
 
     try:
         blob = from_grid_event(event, names.PREDICT_IMAGES)

@@ -1,40 +1,53 @@
-"""Custom Vision's prediction routes for image bodies (DESIGN §6):
+"""Custom Vision's prediction routes (v3.0 and v3.1), ``Prediction-Key``:
 
-``POST /customvision/{v3.0|v3.1}/prediction/{projectId}/classify/iterations/{publishedName}/image``
-and ``.../image/nostore``; multipart/form-data or application/octet-stream; ``Prediction-Key``.
+``POST /customvision/{v}/prediction/{projectId}/classify/iterations/{publishedName}/image``
+and ``.../image/nostore`` (multipart/form-data or application/octet-stream), and
+``.../url`` and ``.../url/nostore`` (body ``{"url": "..."}``, fetched by the one guarded URL
+fetcher). The storing routes keep the prediction and its picture; ``/nostore`` keeps nothing.
 """
 
-import json
 
 import azure.functions as func
 
-from visionpipe import api_errors
-from visionpipe.auth import check_prediction_key
-
 bp = func.Blueprint()
 MAX_APPLICATION = 256  # the ?application= label stored with each prediction
+MAX_URL_LENGTH = 4096  # as images/urls and quicktest/url
 
-CLASSIFY_ROUTE = ("customvision/{apiVersion}/prediction/{projectId}/classify/iterations/"
-                  "{publishedName}/image")
+CLASSIFY_BASE = ("customvision/{apiVersion}/prediction/{projectId}/classify/iterations/"
+                 "{publishedName}")
+CLASSIFY_ROUTE = CLASSIFY_BASE + "/image"
+CLASSIFY_URL_ROUTE = CLASSIFY_BASE + "/url"
 
 
 def classify(req: func.HttpRequest, *, store: bool) -> func.HttpResponse:
     # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
-    from visionpipe.api_adapter import authorized, guarded, query
-    from visionpipe.predict import PREDICTION_API_VERSIONS, classify_request
+    from visionpipe.api.adapter import prediction_call, query
+    from visionpipe.api.prediction import classify_request
 
-    def act() -> func.HttpResponse:
-        authorized(req, check_prediction_key(req.headers))
-        if req.route_params.get("apiVersion") not in PREDICTION_API_VERSIONS:
-            raise api_errors.not_found()
+    def act() -> dict[str, object]:
         result = classify_request(
             req.route_params["projectId"], req.route_params["publishedName"], req.get_body(),
             req.headers.get("Content-Type"), store=store,
             application=query(req).string("application", max_length=MAX_APPLICATION) or "")
-        return func.HttpResponse(json.dumps(result.to_dict()), mimetype="application/json")
+        return result.to_dict()
 
-    # Errors (and anything unexpected, as a detail-free 500) as every adapter answers them.
-    return guarded(req, act)
+    return prediction_call(req, act)
+
+
+def classify_by_url(req: func.HttpRequest, *, store: bool) -> func.HttpResponse:
+    from visionpipe.api.adapter import json_body, prediction_call, query
+    from visionpipe.api.prediction import classify_url_request
+
+    def act() -> dict[str, object]:
+        url = json_body(req, required=True).string("url", required=True,
+                                                   max_length=MAX_URL_LENGTH)
+        result = classify_url_request(
+            req.route_params["projectId"], req.route_params["publishedName"], url or "",
+            store=store,
+            application=query(req).string("application", max_length=MAX_APPLICATION) or "")
+        return result.to_dict()
+
+    return prediction_call(req, act)
 
 
 @bp.function_name("classify_image")
@@ -48,3 +61,16 @@ def classify_image(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 def classify_image_nostore(req: func.HttpRequest) -> func.HttpResponse:
     return classify(req, store=False)
+
+
+@bp.function_name("classify_image_url")
+@bp.route(route=CLASSIFY_URL_ROUTE, methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def classify_image_url(req: func.HttpRequest) -> func.HttpResponse:
+    return classify_by_url(req, store=True)
+
+
+@bp.function_name("classify_image_url_nostore")
+@bp.route(route=CLASSIFY_URL_ROUTE + "/nostore", methods=["POST"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def classify_image_url_nostore(req: func.HttpRequest) -> func.HttpResponse:
+    return classify_by_url(req, store=False)

@@ -1,4 +1,5 @@
-"""Custom Vision Training API routes for domains and projects (DESIGN §6), ``Training-Key``:
+"""Custom Vision Training API routes for domains and projects (ARCHITECTURE.md, "HTTP API"),
+``Training-Key``:
 
 ``GET    /customvision/{v}/training/domains``                  api_domains
 ``GET    /customvision/{v}/training/domains/{domainId}``       api_domain
@@ -8,7 +9,7 @@
 ``PATCH  /customvision/{v}/training/projects/{projectId}``     api_project (Project body)
 ``DELETE /customvision/{v}/training/projects/{projectId}``     api_project -> 204
 
-Thin: the work is in :mod:`visionpipe.api_projects`, imported on first call (cold start).
+Thin: the work is in :mod:`visionpipe.api.projects`, imported on first call (cold start).
 """
 
 import azure.functions as func
@@ -21,8 +22,8 @@ _BASE = "customvision/{apiVersion}/training"
 @bp.function_name("api_domains")
 @bp.route(route=f"{_BASE}/domains", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def api_domains(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_projects as api
-    from visionpipe.api_adapter import training_call
+    from visionpipe.api import projects as api
+    from visionpipe.api.adapter import training_call
 
     return training_call(req, api.list_domains)
 
@@ -31,8 +32,8 @@ def api_domains(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_BASE}/domains/{{domainId}}", methods=["GET"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_domain(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_projects as api
-    from visionpipe.api_adapter import training_call
+    from visionpipe.api import projects as api
+    from visionpipe.api.adapter import training_call
 
     return training_call(req, lambda: api.get_domain(req.route_params["domainId"]))
 
@@ -41,10 +42,10 @@ def api_domain(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_BASE}/projects", methods=["GET", "POST"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_projects(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_projects as api
-    from visionpipe.api_adapter import id_list, training_call
-    from visionpipe.label_store import LabelStore
+    from visionpipe.api import projects as api
+    from visionpipe.api.adapter import id_list, training_call
     from visionpipe.storage import get_storage
+    from visionpipe.stores.label_store import LabelStore
 
     def work() -> object:
         store = LabelStore(get_storage())
@@ -63,11 +64,11 @@ def api_projects(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_BASE}/projects/{{projectId}}", methods=["GET", "PATCH", "DELETE"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_project(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_projects as api
-    from visionpipe.api_adapter import json_body, training_call
-    from visionpipe.label_store import LabelStore
-    from visionpipe.registry import Registry
+    from visionpipe.api import projects as api
+    from visionpipe.api.adapter import json_body, training_call
     from visionpipe.storage import get_storage
+    from visionpipe.stores.label_store import LabelStore
+    from visionpipe.stores.registry import Registry
 
     project_id = req.route_params["projectId"]
     method = req.method.upper()

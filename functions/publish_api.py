@@ -1,4 +1,4 @@
-"""Custom Vision's publish / unpublish route (DESIGN §6), ``Training-Key``:
+"""Custom Vision's publish / unpublish route (ARCHITECTURE.md, "HTTP API"), ``Training-Key``:
 
 ``POST   /customvision/{version}/training/projects/{projectId}/iterations/{iterationId}/publish
           ?publishName=...&predictionId=...[&overwrite=true]`` -> 200 ``true``
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from visionpipe.api_errors import ApiError
-    from visionpipe.publishing import PublishError
+    from visionpipe.api.errors import ApiError
+    from visionpipe.pipeline.publishing import PublishError
 
 bp = func.Blueprint()
 
@@ -23,7 +23,8 @@ PUBLISH_ROUTE = ("customvision/{apiVersion}/training/projects/{projectId}/iterat
 
 
 def _error(e: PublishError) -> ApiError:
-    from visionpipe import api_errors, publishing
+    from visionpipe.api import errors as api_errors
+    from visionpipe.pipeline import publishing
 
     if isinstance(e, publishing.ProjectNotFound):
         return api_errors.project_not_found()
@@ -42,11 +43,11 @@ def _error(e: PublishError) -> ApiError:
 @bp.route(route=PUBLISH_ROUTE, methods=["POST", "DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
 def publish_iteration(req: func.HttpRequest) -> func.HttpResponse:
     # Imported on first use, to keep the app's cold start light.
-    from visionpipe import publishing
-    from visionpipe.api_adapter import flag, training_call
-    from visionpipe.label_store import LabelStore
-    from visionpipe.registry import Registry
+    from visionpipe.api.adapter import flag, training_call
+    from visionpipe.pipeline import publishing
     from visionpipe.storage import get_storage
+    from visionpipe.stores.label_store import LabelStore
+    from visionpipe.stores.registry import Registry
 
     project_id, iteration_id = req.route_params["projectId"], req.route_params["iterationId"]
 

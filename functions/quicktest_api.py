@@ -1,4 +1,4 @@
-"""Custom Vision's quick test routes (DESIGN §6), ``Training-Key``:
+"""Custom Vision's quick test routes (ARCHITECTURE.md, "HTTP API"), ``Training-Key``:
 
 ``POST /customvision/{v}/training/projects/{projectId}/quicktest/image?iterationId=&store=``
 (multipart/form-data ``imageData`` or application/octet-stream) and ``.../quicktest/url`` (body
@@ -18,11 +18,11 @@ QUICKTEST_ROUTE = "customvision/{apiVersion}/training/projects/{projectId}/quick
 @bp.route(route=QUICKTEST_ROUTE + "/image", methods=["POST"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def quick_test_image(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_errors
-    from visionpipe.api_adapter import query, training_call
-    from visionpipe.api_iterations import IterationApi
-    from visionpipe.api_training import quick_test
-    from visionpipe.multipart import BadBody, image_from_body
+    from visionpipe.api import errors as api_errors
+    from visionpipe.api.adapter import query, training_call
+    from visionpipe.api.iterations import IterationApi
+    from visionpipe.api.multipart import BadBody, image_from_body
+    from visionpipe.api.quicktest import quick_test
 
     def act() -> object:
         params = query(req)
@@ -40,9 +40,9 @@ def quick_test_image(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("quick_test_url")
 @bp.route(route=QUICKTEST_ROUTE + "/url", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def quick_test_url(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import json_body, query, training_call
-    from visionpipe.api_iterations import IterationApi
-    from visionpipe.api_training import quick_test_url as quick_test
+    from visionpipe.api.adapter import json_body, query, training_call
+    from visionpipe.api.iterations import IterationApi
+    from visionpipe.api.quicktest import quick_test_url as quick_test
 
     def act() -> object:
         params = query(req)

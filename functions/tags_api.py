@@ -1,4 +1,4 @@
-"""Custom Vision Training API routes for tags (DESIGN §6), ``Training-Key``:
+"""Custom Vision Training API routes for tags (ARCHITECTURE.md, "HTTP API"), ``Training-Key``:
 
 ``GET    /customvision/{v}/training/projects/{projectId}/tags[?iterationId=]``   api_tags (list)
 ``POST   /customvision/{v}/training/projects/{projectId}/tags?name=&description=&type=``
@@ -7,7 +7,7 @@
 ``PATCH  /customvision/{v}/training/projects/{projectId}/tags/{tagId}``    api_tag (Tag body)
 ``DELETE /customvision/{v}/training/projects/{projectId}/tags/{tagId}``    api_tag -> 204
 
-Thin: the work is in :mod:`visionpipe.api_projects`, imported on first call (cold start).
+Thin: the work is in :mod:`visionpipe.api.tags`, imported on first call (cold start).
 """
 
 import azure.functions as func
@@ -21,10 +21,10 @@ _PROJECT = "customvision/{apiVersion}/training/projects/{projectId}"
 @bp.route(route=f"{_PROJECT}/tags", methods=["GET", "POST"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_tags(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_projects as api
-    from visionpipe.api_adapter import training_call
-    from visionpipe.label_store import LabelStore
+    from visionpipe.api import tags as api
+    from visionpipe.api.adapter import training_call
     from visionpipe.storage import get_storage
+    from visionpipe.stores.label_store import LabelStore
 
     project_id = req.route_params["projectId"]
 
@@ -43,10 +43,10 @@ def api_tags(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=f"{_PROJECT}/tags/{{tagId}}", methods=["GET", "PATCH", "DELETE"],
           auth_level=func.AuthLevel.ANONYMOUS)
 def api_tag(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe import api_projects as api
-    from visionpipe.api_adapter import json_body, training_call
-    from visionpipe.label_store import LabelStore
+    from visionpipe.api import tags as api
+    from visionpipe.api.adapter import json_body, training_call
     from visionpipe.storage import get_storage
+    from visionpipe.stores.label_store import LabelStore
 
     project_id, tag_id = req.route_params["projectId"], req.route_params["tagId"]
     method = req.method.upper()

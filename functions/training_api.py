@@ -1,10 +1,10 @@
-"""Custom Vision's train route (DESIGN §6), ``Training-Key``:
+"""Custom Vision's train route (ARCHITECTURE.md, "HTTP API"), ``Training-Key``:
 
 ``POST /customvision/{v}/training/projects/{projectId}/train?trainingType=&reservedBudgetInHours=
 &forceTrain=&notificationEmailAddress=`` (optional body ``{"selectedTags": [...]}``) -> Iteration.
 
 Creates the iteration (status Training) and queues its request on ``training-requests``; the
-training job does the rest. Logic in :mod:`visionpipe.api_training`.
+training job does the rest. Logic in :mod:`visionpipe.api.training`.
 """
 
 import azure.functions as func
@@ -17,9 +17,9 @@ TRAIN_ROUTE = "customvision/{apiVersion}/training/projects/{projectId}/train"
 @bp.function_name("train_project")
 @bp.route(route=TRAIN_ROUTE, methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def train_project(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api_adapter import json_body, query, training_call
-    from visionpipe.api_iterations import IterationApi
-    from visionpipe.api_training import train
+    from visionpipe.api.adapter import json_body, query, training_call
+    from visionpipe.api.iterations import IterationApi
+    from visionpipe.api.training import train
 
     def act() -> object:
         params = query(req)

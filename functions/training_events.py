@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 @bp.queue_trigger(arg_name="msg", queue_name=f"%{names.SETTING_TRAINING_EVENTS_QUEUE}%",
                   connection=names.STORAGE_CONNECTION)
 def on_training_event(msg: func.QueueMessage) -> None:
-    from visionpipe.label_store import LabelStore
-    from visionpipe.publishing import AutoPublishConfig, handle_training_event
-    from visionpipe.registry import Registry
+    from visionpipe.pipeline.publishing import AutoPublishConfig, handle_training_event
+    from visionpipe.stores.label_store import LabelStore
+    from visionpipe.stores.registry import Registry
 
     # A message that is not a training event raises BadMessage: after maxDequeueCount tries the
     # runtime moves it to the poison queue, where it stays for a person to look at. An event

@@ -10,7 +10,6 @@
 Thin: library modules are imported inside the handlers (cold start).
 """
 
-import json
 from collections.abc import Callable
 
 import azure.functions as func
@@ -28,21 +27,9 @@ ARTIFACTS = {
 
 
 def _call(req: func.HttpRequest, action: Callable[[], object]) -> func.HttpResponse:
-    """Check the training key, run ``action``, answer JSON or pass a response through (errors
-    as every adapter answers them: :func:`visionpipe.api_adapter.guarded`)."""
-    from visionpipe.api_adapter import authorized, guarded
-    from visionpipe.auth import check_training_key
+    from visionpipe.api.adapter import visionpipe_call
 
-    def work() -> object:
-        authorized(req, check_training_key(req.headers))
-        return action()
-
-    def answer(result: object) -> func.HttpResponse:
-        if isinstance(result, func.HttpResponse):
-            return result
-        return func.HttpResponse(json.dumps(result), mimetype="application/json")
-
-    return guarded(req, work, answer)
+    return visionpipe_call(req, action)
 
 
 @bp.function_name("visionpipe_quarantine")
@@ -51,10 +38,10 @@ def _call(req: func.HttpRequest, action: Callable[[], object]) -> func.HttpRespo
 def quarantine(req: func.HttpRequest) -> func.HttpResponse:
     def act() -> object:
         from visionpipe import names
-        from visionpipe.api_projects import require_project
-        from visionpipe.label_store import LabelStore
-        from visionpipe.quarantine import list_project_quarantine
+        from visionpipe.api.projects import require_project
         from visionpipe.storage import get_storage
+        from visionpipe.stores.label_store import LabelStore
+        from visionpipe.stores.quarantine import list_project_quarantine
 
         storage = get_storage()
         project = require_project(LabelStore(storage), req.route_params["projectId"])
@@ -72,9 +59,9 @@ def quarantine(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 def iteration_progress(req: func.HttpRequest) -> func.HttpResponse:
     def act() -> object:
-        from visionpipe import api_errors
-        from visionpipe.registry import Registry
+        from visionpipe.api import errors as api_errors
         from visionpipe.storage import get_storage
+        from visionpipe.stores.registry import Registry
 
         iteration = Registry(get_storage()).get_iteration(req.route_params["projectId"],
                                                           req.route_params["iterationId"])
@@ -91,9 +78,9 @@ def iteration_progress(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 def iteration_artifact(req: func.HttpRequest) -> func.HttpResponse:
     def act() -> object:
-        from visionpipe import api_errors
-        from visionpipe.registry import NotFound, Registry
+        from visionpipe.api import errors as api_errors
         from visionpipe.storage import get_storage
+        from visionpipe.stores.registry import NotFound, Registry
 
         name = req.route_params["name"]
         if name not in ARTIFACTS:

@@ -1,4 +1,4 @@
-// visionpipe: the whole pipeline in one subscription-scope deployment (DESIGN.md §8).
+// visionpipe: the whole pipeline in one subscription-scope deployment (ARCHITECTURE.md, "Cloud").
 //
 //   azd up                                   (azure.yaml; hooks in scripts/)
 //   az deployment sub create -l <region> -f infra/main.bicep -p infra/main.bicepparam
@@ -134,6 +134,10 @@ param minImageSide int = 256
 @description('MAX_IMAGE_PIXELS: most pixels an image may decode to (decompression-bomb guard).')
 param maxImagePixels int = 64000000
 
+@minValue(1)
+@description('PREDICTION_IMAGE_RETENTION_DAYS: days the picture of a stored prediction is kept (the storage lifecycle rule and the app setting both read this).')
+param predictionImageRetentionDays int = 30
+
 // ---------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------
@@ -193,6 +197,7 @@ module storage 'modules/storage.bicep' = {
     sku: storageSku
     deploymentContainerName: deploymentContainerName
     blobSoftDeleteDays: blobSoftDeleteDays
+    predictionImageRetentionDays: predictionImageRetentionDays
   }
 }
 
@@ -227,6 +232,17 @@ module eventGrid 'modules/eventgrid.bicep' = {
     tags: tags
     name: '${abbrs.eventGridSystemTopics}${resourceToken}'
     storageAccountName: storage.outputs.name
+  }
+}
+
+module eventGridTopic 'modules/eventgrid-topic.bicep' = {
+  name: 'eventgrid-topic'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: '${abbrs.eventGridTopics}${resourceToken}'
+    publisherPrincipalId: identities.outputs.functionPrincipalId
   }
 }
 
@@ -273,6 +289,8 @@ module functionApp 'modules/functionapp.bicep' = {
     maxPredictionImageBytes: maxPredictionImageBytes
     minImageSide: minImageSide
     maxImagePixels: maxImagePixels
+    eventGridTopicEndpoint: eventGridTopic.outputs.endpoint
+    predictionImageRetentionDays: predictionImageRetentionDays
   }
 }
 
@@ -333,5 +351,7 @@ output TRAINING_JOB_NAME string = containerApps.outputs.jobName
 output TRAINING_IMAGE_REPOSITORY string = '${registry.outputs.loginServer}/${trainingRepository}'
 output TRAINING_GPU string = gpu
 output EVENT_GRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.name
+output EVENT_GRID_TOPIC_NAME string = eventGridTopic.outputs.name
+output EVENT_GRID_TOPIC_ENDPOINT string = eventGridTopic.outputs.endpoint
 output EVENT_SUBSCRIPTIONS_DEPLOYED bool = deployEventSubscriptions
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

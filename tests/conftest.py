@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from visionpipe import names
-from visionpipe.label_store import LabelStore, Project
 from visionpipe.local.azurite import Azurite, free_port, start_azurite
-from visionpipe.registry import Iteration, Registry
 from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage, get_storage
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.registry import Iteration, Registry
 
 TEST_TRAINING_KEY = "test-training-key"
 TEST_PREDICTION_KEY = "test-prediction-key"
@@ -134,7 +134,7 @@ def project(label_store: LabelStore, project_name: str) -> Project:
 def published(registry: Registry, label_store: LabelStore, project: Project) -> Iteration:
     """A tiny real ONNX iteration of ``project`` (tests/model_factory.py), published as "prod"."""
     from tests.model_factory import register_color_iteration
-    from visionpipe.publishing import publish
+    from visionpipe.pipeline.publishing import publish
 
     iteration = register_color_iteration(registry, label_store, project)
     publish(registry, label_store, project.id, iteration.id, "prod")

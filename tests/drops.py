@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import azure.functions as func
 
-from visionpipe.events import BlobCreated, parse_blob_created
 from visionpipe.local.bridge import blob_created_event
+from visionpipe.pipeline.events import BlobCreated, parse_blob_created
 from visionpipe.storage import Storage
 
 T = TypeVar("T")

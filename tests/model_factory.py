@@ -21,10 +21,10 @@ import onnx
 from onnx import TensorProto, helper
 from PIL import Image
 
-from visionpipe.label_store import LabelStore, Project
 from visionpipe.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, TagOutput
 from visionpipe.preprocessing import PreprocessingSpec
-from visionpipe.registry import Iteration, IterationStatus, Registry
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.registry import Iteration, IterationStatus, Registry
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 40),

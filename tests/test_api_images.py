@@ -26,13 +26,13 @@ from msrest.authentication import ApiKeyCredentials
 
 from tests.conftest import TEST_TRAINING_KEY
 from visionpipe import names
-from visionpipe.api_models import REASON_STATUS
-from visionpipe.label_store import LabelStore
+from visionpipe.api.models import REASON_STATUS
+from visionpipe.api.url_fetch import SETTING_ALLOWED_NETWORKS
 from visionpipe.local.samples import bad_files, make_image
-from visionpipe.prediction_store import PredictionStore, StoredPrediction
 from visionpipe.rejections import Reason
 from visionpipe.storage import Storage
-from visionpipe.url_fetch import SETTING_ALLOWED_NETWORKS
+from visionpipe.stores.label_store import LabelStore
+from visionpipe.stores.prediction_store import PredictionStore, StoredPrediction
 
 HEADERS = {"Training-Key": TEST_TRAINING_KEY}
 

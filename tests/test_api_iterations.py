@@ -17,11 +17,12 @@ from functions.export_api import download_export, export_iteration
 from functions.iterations_api import ITERATION_ROUTE, iteration_performance
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import build_color_model, register_color_iteration
-from visionpipe import export_links, publishing
-from visionpipe.label_store import ImageFacts, LabelStore, Project
+from visionpipe.api import export_links
 from visionpipe.manifest import METRICS_FILE
 from visionpipe.metrics import metrics_at_threshold, predictions_document
-from visionpipe.registry import Iteration, IterationStatus, Registry
+from visionpipe.pipeline import publishing
+from visionpipe.stores.label_store import ImageFacts, LabelStore, Project
+from visionpipe.stores.registry import Iteration, IterationStatus, Registry
 
 KEY = {"Training-Key": TEST_TRAINING_KEY}
 
@@ -88,7 +89,7 @@ def test_list_and_get_in_custom_vision_shape(client: httpx.Client, registry: Reg
     assert got == body[0]
     assert got["status"] == "Completed" and got["projectId"] == project.id
     assert got["publishName"] == "prod" and got["originalPublishResourceId"] == "/subs/x"
-    assert got["exportable"] is True and got["exportableTo"] == ["ONNX"]
+    assert got["exportable"] is True and got["exportableTo"] == ["ONNX", "OpenVino", "DockerFile"]
     assert got["classificationType"] == "Multiclass" and got["trainingType"] == "Regular"
     assert got["created"].endswith("Z") and got["trainedAt"].endswith("Z")
     assert body[1]["publishName"] == ""

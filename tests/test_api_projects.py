@@ -16,9 +16,10 @@ from azure.cognitiveservices.vision.customvision.training.models import (
 from msrest.authentication import ApiKeyCredentials
 
 from tests.conftest import TEST_TRAINING_KEY
-from visionpipe.label_store import GENERAL_DOMAIN_ID, LabelStore
+from visionpipe.domains import GENERAL_DOMAIN_ID
 from visionpipe.local.samples import make_image
-from visionpipe.registry import IterationStatus, Registry
+from visionpipe.stores.label_store import LabelStore
+from visionpipe.stores.registry import IterationStatus, Registry
 
 FOOD_DOMAIN_ID = "c151d5b5-dd07-472a-acc8-15d29dea8518"
 

@@ -17,13 +17,14 @@ import pytest
 from functions.training_api import TRAIN_ROUTE, train_project
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
-from visionpipe import names, publishing
-from visionpipe.api_training import dataset_fingerprint
-from visionpipe.label_store import ImageFacts, LabelStore, Project
-from visionpipe.prediction_store import PredictionStore
-from visionpipe.registry import IterationStatus, Registry
+from visionpipe import names
+from visionpipe.api.training import dataset_fingerprint
+from visionpipe.pipeline import publishing
 from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import ImageFacts, LabelStore, Project
+from visionpipe.stores.prediction_store import PredictionStore
+from visionpipe.stores.registry import IterationStatus, Registry
 
 KEY = {"Training-Key": TEST_TRAINING_KEY}
 

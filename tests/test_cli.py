@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
 from visionpipe import names
-from visionpipe.cli import app
-from visionpipe.label_store import LabelStore
+from visionpipe.client.cli import app
 from visionpipe.local.azurite import free_port
-from visionpipe.quarantine import quarantine_blob
-from visionpipe.registry import IterationStatus, Registry
 from visionpipe.rejections import Reason, Rejection
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import LabelStore
+from visionpipe.stores.quarantine import quarantine_blob
+from visionpipe.stores.registry import IterationStatus, Registry
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32

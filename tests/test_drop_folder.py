@@ -17,11 +17,11 @@ import pytest
 
 from tests.drops import upload, wait_for
 from visionpipe import names
-from visionpipe.label_store import LabelStore
 from visionpipe.local.bridge import EventGridBridge
 from visionpipe.local.samples import make_image
-from visionpipe.quarantine import REASON_SUFFIX
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import LabelStore
+from visionpipe.stores.quarantine import REASON_SUFFIX
 
 
 def _record_count(label_store: LabelStore, project_name: str) -> int:

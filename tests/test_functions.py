@@ -11,10 +11,10 @@ from functions.health import health
 from functions.ingest import ingest_training_image
 from tests.drops import grid_event, upload
 from visionpipe import names
-from visionpipe.label_store import LabelStore
 from visionpipe.local.host import indexed_functions
 from visionpipe.local.samples import make_image
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import LabelStore
 
 
 def test_app_functions_match_the_contract(function_app_module: object) -> None:

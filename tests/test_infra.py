@@ -8,7 +8,8 @@ There is no Bicep CLI here, so the Bicep is checked the ways that work offline:
   the ones in :mod:`visionpipe.names` (the Bicep loads them from ``infra/names.json``, the mirror
   that ``scripts/sync_infra_names.py`` writes), and the training image's entry point is the job's
   command;
-* the conventions of STYLE.md item 9 and the security defaults of DESIGN.md §8.
+* the conventions of the Azure Verified Modules conventions and the security defaults of
+ARCHITECTURE.md, "Cloud".
 
 What only a real deployment can show is listed in the README ("Deploy to Azure", "What the
 offline checks cannot see").
@@ -55,6 +56,7 @@ KNOWN_API_VERSIONS: dict[str, set[str]] = {
     "Microsoft.Storage/storageAccounts": {"2023-05-01"},
     "Microsoft.Storage/storageAccounts/blobServices": {"2023-05-01"},
     "Microsoft.Storage/storageAccounts/blobServices/containers": {"2023-05-01"},
+    "Microsoft.Storage/storageAccounts/managementPolicies": {"2023-05-01"},
     "Microsoft.Storage/storageAccounts/queueServices": {"2023-05-01"},
     "Microsoft.Storage/storageAccounts/queueServices/queues": {"2023-05-01"},
     "Microsoft.Storage/storageAccounts/tableServices": {"2023-05-01"},
@@ -63,6 +65,7 @@ KNOWN_API_VERSIONS: dict[str, set[str]] = {
     "Microsoft.KeyVault/vaults/secrets": {"2023-07-01"},
     "Microsoft.ContainerRegistry/registries": {"2023-07-01"},
     "Microsoft.EventGrid/systemTopics": {"2022-06-15"},
+    "Microsoft.EventGrid/topics": {"2022-06-15"},
     "Microsoft.EventGrid/systemTopics/eventSubscriptions": {"2022-06-15"},
     "Microsoft.Authorization/roleAssignments": {"2022-04-01"},
     "Microsoft.Web/serverfarms": {"2024-04-01"},
@@ -90,7 +93,8 @@ BROAD_ROLE_IDS = {
     "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",  # User Access Administrator
 }
 
-# The Key Vault secret names of DESIGN.md §6 (visionpipe.names may grow constants for them).
+# The Key Vault secret names of ARCHITECTURE.md, "HTTP API" (visionpipe.names may grow constants
+# for them).
 TRAINING_KEY_SECRET = getattr(names, "TRAINING_KEY_SECRET", "training-key")
 PREDICTION_KEY_SECRET = getattr(names, "PREDICTION_KEY_SECRET", "prediction-key")
 
@@ -631,7 +635,8 @@ def test_training_dockerfile_entry_point_matches_the_job(
 
 
 # ------------------------------------------------------------------------------------------------
-# Conventions (STYLE.md item 9) and secure defaults (DESIGN.md §8)
+# Conventions (the Azure Verified Modules conventions) and secure defaults (ARCHITECTURE.md,
+# "Cloud")
 # ------------------------------------------------------------------------------------------------
 
 

@@ -9,13 +9,13 @@ import pytest
 
 from tests.drops import typed, upload
 from visionpipe import names
-from visionpipe.ingest import Outcome, ingest_training_blob, parse_training_path
-from visionpipe.label_store import MULTILABEL, LabelStore
 from visionpipe.local.samples import make_image
-from visionpipe.quarantine import REASON_SUFFIX, quarantine_path
+from visionpipe.pipeline.ingest import Outcome, ingest_training_blob, parse_training_path
 from visionpipe.rejections import Reason, Rejected
 from visionpipe.settings import Settings, get_settings
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import MULTILABEL, LabelStore
+from visionpipe.stores.quarantine import REASON_SUFFIX, quarantine_path
 
 
 def drop(storage: Storage, path: str, data: bytes, settings: Settings | None = None,

@@ -15,11 +15,11 @@ from functions.prediction_api import CLASSIFY_ROUTE, classify_image, classify_im
 from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
 from tests.drops import wait_for
 from tests.model_factory import color_image, register_color_iteration
-from visionpipe.api_errors import ACCESS_DENIED_MESSAGE
-from visionpipe.label_store import LabelStore, Project
-from visionpipe.prediction_store import PredictionStore
-from visionpipe.registry import Iteration, Registry
+from visionpipe.api.errors import ACCESS_DENIED_MESSAGE
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.prediction_store import PredictionStore
+from visionpipe.stores.registry import Iteration, Registry
 
 MB = 1024 * 1024
 
@@ -262,7 +262,7 @@ def test_hot_swap_over_http_while_requests_run(
 
 
 def test_multipart_bytes_come_out_exactly_as_sent() -> None:
-    from visionpipe.multipart import BadBody, image_from_body, parse_multipart
+    from visionpipe.api.multipart import BadBody, image_from_body, parse_multipart
 
     payload = bytes(range(256)) * 4 + b"\r\n--not-the-boundary\r\n\r\n" + b"\n\r\x00"
     body, content_type = multipart(payload)

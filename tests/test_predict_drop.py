@@ -6,6 +6,7 @@ tests go through the Event Grid bridge and the local Functions host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -18,15 +19,15 @@ from functions.predict import predict_image
 from tests.drops import grid_event, typed, upload, wait_for
 from tests.model_factory import color_image
 from visionpipe import names
-from visionpipe.label_store import Project
 from visionpipe.local.bridge import EventGridBridge
 from visionpipe.manifest import MODEL_FILE
-from visionpipe.predict import DropFolderPredictor, DropOutcome, drop_prediction_id
-from visionpipe.prediction_store import PredictionStore
-from visionpipe.quarantine import REASON_SUFFIX
-from visionpipe.registry import Iteration, Registry
+from visionpipe.pipeline.drop_predict import DropFolderPredictor, DropOutcome, drop_prediction_id
 from visionpipe.settings import ImageLimits, get_settings
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import Project
+from visionpipe.stores.prediction_store import PredictionStore
+from visionpipe.stores.quarantine import REASON_SUFFIX
+from visionpipe.stores.registry import Iteration, Registry
 
 
 def read_result(storage: Storage, path: str) -> dict[str, object] | None:
@@ -78,7 +79,8 @@ def test_dropped_image_gets_a_custom_vision_result_and_a_store_row(
     row = PredictionStore(storage).get(project.id, str(result["id"]))
     assert row is not None
     assert row.iteration_id == published.id and row.publish_name == "prod"
-    assert row.blob_path == f"{names.PREDICT_IMAGES}/{path}"
+    # the picture is kept in prediction-images (the drop may go away), with a thumbnail beside it
+    assert row.blob_path == f"{names.PREDICTION_IMAGES}/{project.id}/{row.id}/original.jpg"
     assert row.predictions[0].tag_name == "blue"
 
 
@@ -95,7 +97,8 @@ def test_redelivered_event_rewrites_the_same_answer(
         path, str(raw["data"]["eTag"]))  # type: ignore[index]
     result = read_result(storage, path)
     assert result is not None and result["id"] == first.prediction_id
-    rows = [r for r in PredictionStore(storage).list(project.id) if r.blob_path.endswith(path)]
+    rows = [r for r in PredictionStore(storage).list(project.id)
+            if r.image_sha256 == hashlib.sha256(color_image("red", seed=2)).hexdigest()]
     assert len(rows) == 1
 
     # A new version under the same name is a new prediction.

@@ -12,10 +12,10 @@ import pytest
 from functions.publish_api import PUBLISH_ROUTE, publish_iteration
 from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
-from visionpipe import publishing
-from visionpipe.api_errors import ACCESS_DENIED_MESSAGE
-from visionpipe.label_store import LabelStore, Project
-from visionpipe.registry import IterationStatus, Registry
+from visionpipe.api.errors import ACCESS_DENIED_MESSAGE
+from visionpipe.pipeline import publishing
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.registry import IterationStatus, Registry
 
 
 def call(method: str, project_id: str, iteration_id: str, *, version: str = "v3.3",

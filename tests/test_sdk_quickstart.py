@@ -1,4 +1,5 @@
-"""The success test of the HTTP API (DESIGN §6): Microsoft's Custom Vision Python quickstart,
+"""The success test of the HTTP API (ARCHITECTURE.md, "HTTP API"): Microsoft's Custom Vision Python
+quickstart,
 run with the official SDK (``azure-cognitiveservices-vision-customvision``) against the local
 host, with only the endpoint and the keys changed.
 

@@ -21,9 +21,8 @@ from tests.model_factory import (
     color_image,
     register_color_iteration,
 )
-from visionpipe import serving
-from visionpipe.label_store import LabelStore, Project
 from visionpipe.manifest import MODEL_FILE
+from visionpipe.pipeline.publishing import publish
 from visionpipe.preprocessing import (
     PreprocessingSpec,
     normalize,
@@ -32,15 +31,16 @@ from visionpipe.preprocessing import (
     resize_crop_fast,
     to_input,
 )
-from visionpipe.publishing import publish
-from visionpipe.registry import Registry
-from visionpipe.serving import (
+from visionpipe.serving import core as serving
+from visionpipe.serving.core import (
     ModelUnavailable,
     NoPublishedIteration,
     ServingConfig,
     ServingCore,
     _Batcher,
 )
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.registry import Registry
 
 
 class FakeClock:

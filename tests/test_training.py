@@ -30,7 +30,6 @@ from training_job.cli import get_args_parser, main
 from training_job.worker import Outcome, Worker, WorkerOptions
 from visionpipe import names
 from visionpipe.imaging import open_oriented
-from visionpipe.label_store import MULTILABEL, ImageFacts, LabelStore, Project
 from visionpipe.local.samples import make_image
 from visionpipe.manifest import (
     CONFUSION_MATRIX_FILE,
@@ -41,8 +40,9 @@ from visionpipe.manifest import (
 )
 from visionpipe.messages import TrainingEvent, TrainingRequest
 from visionpipe.preprocessing import to_input
-from visionpipe.registry import IterationStatus, Registry
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import MULTILABEL, ImageFacts, LabelStore, Project
+from visionpipe.stores.registry import IterationStatus, Registry
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("circle", "square", "stripes")
@@ -109,6 +109,7 @@ def job_argv(queues: Queues, cache_dir: Path, *extra: str) -> list[str]:
         "--exporter", "torchscript", "--cache-dir", str(cache_dir),
         "--weights-dir", str(cache_dir / "no-weights-here"),
         "--visibility-timeout", "60", "--retry-delay", "0", "--log-level", "INFO",
+        "--kfold-below", "0",  # cross-validation has its tests (tests/test_training_trust.py)
         *extra,
     ]
 
@@ -157,7 +158,8 @@ def test_iteration_completed_and_request_deleted(trained: Trained) -> None:
     assert it.backbone == "mobilenet_v3_small"
     assert it.progress["phase"] == "completed" and it.progress["epochs"] == 8
     assert 1 <= it.progress["epoch"] <= 8
-    assert it.metrics["testImages"] == 3 and it.metrics["trainImages"] == 33
+    assert it.metrics["testImages"] == 3 and it.metrics["trainImages"] == 30
+    assert it.metrics["validationImages"] == 3
     row = trained.storage.table(names.ITERATIONS_TABLE).get_entity(trained.project.id, it.id)
     assert json.loads(row["timingsJson"])["totalSeconds"] > 0 and row["pretrained"] is False
     assert trained.queues.visible(trained.storage) == []  # deleted after registration
@@ -249,6 +251,7 @@ def test_metrics_and_plots_stored_beside_the_model(trained: Trained) -> None:
     it = registry.get_iteration(pid, iid)
     assert it is not None
     assert {k: v for k, v in doc.items() if k != "predictions"} == it.metrics
+    assert it.metrics["precisionStdDeviation"] == 0.0  # no cross-validation asked for
     assert doc["threshold"] == 0.5
     assert [t["count"] for t in doc["perTag"]] == [1, 1, 1]
     for key in ("precision", "recall", "averagePrecision"):
@@ -262,6 +265,7 @@ def test_metrics_and_plots_stored_beside_the_model(trained: Trained) -> None:
     split = trained.storage.container(names.DATASETS).download_blob(f"{pid}/{iid}.jsonl")
     lines = [json.loads(x) for x in split.readall().decode().splitlines()]
     assert len(lines) == 36 and sum(x["split"] == "test" for x in lines) == 3
+    assert sum(x["split"] == "validation" for x in lines) == 3
 
 
 @pytest.mark.slow
@@ -316,7 +320,7 @@ def test_malformed_request_ends_in_poison_at_once(
     worker = Worker(storage, None, worker_options)
     for _ in range(5):
         outcomes.append(worker.run_once())
-    # no retry can fix the message itself: parked on its first delivery (tests/hostile/test_poison)
+    # no retry can fix the message itself: parked on its first delivery (tests/hostile/)
     assert outcomes == [Outcome.POISONED, None, None, None, None]
     assert queues.visible(storage) == []
     poisoned = queues.visible(storage, poison=True)

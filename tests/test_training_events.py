@@ -14,10 +14,9 @@ from functions.training_events import on_training_event
 from tests.drops import wait_for
 from tests.model_factory import overall, register_color_iteration
 from visionpipe import names
-from visionpipe.label_store import LabelStore, Project
 from visionpipe.manifest import METRICS_FILE
 from visionpipe.messages import TRAINING_COMPLETED, TRAINING_FAILED, BadMessage, TrainingEvent
-from visionpipe.publishing import (
+from visionpipe.pipeline.publishing import (
     FAILED_WITHOUT_REASON,
     SETTING_AUTO_PUBLISH,
     SETTING_AUTO_PUBLISH_NAME,
@@ -26,9 +25,10 @@ from visionpipe.publishing import (
     UnknownIteration,
     overall_metrics,
 )
-from visionpipe.registry import IterationStatus, Registry
 from visionpipe.settings import get_settings
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.registry import IterationStatus, Registry
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_auto_publish_never_replaces_with_worse(
 def test_auto_publish_respects_what_a_person_published(
     registry: Registry, label_store: LabelStore, project: Project, auto_publish: None
 ) -> None:
-    from visionpipe.publishing import publish
+    from visionpipe.pipeline.publishing import publish
 
     manual = register_color_iteration(registry, label_store, project, metrics=overall(0.9))
     publish(registry, label_store, project.id, manual.id, "prod")

@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from training_job.dataset import TEST, TRAIN, DatasetError, build_snapshot
+from training_job.dataset import TEST, TRAIN, VALIDATION, DatasetError, build_snapshot
 from training_job.worker import decode_body, is_transient
-from visionpipe.label_store import MULTILABEL, ImageRecord, Project, Tag
 from visionpipe.metrics import (
     arrays_from_predictions,
     average_precision,
@@ -23,6 +22,7 @@ from visionpipe.metrics import (
     predictions_document,
     recompute,
 )
+from visionpipe.stores.label_store import MULTILABEL, ImageRecord, Project, Tag
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -109,7 +109,11 @@ def test_split_is_stratified_deterministic_and_order_independent() -> None:
     snap = build_snapshot(_project(), TAGS, records)
     test_per_tag = {t.id: sum(1 for s in snap.test if t.id in s.tag_ids) for t in TAGS}
     assert test_per_tag == {"a": 2, "b": 1, "c": 1}  # 10 % half-up, at least one per tag
-    assert len(snap.train) + len(snap.test) == 37
+    val_per_tag = {t.id: sum(1 for s in snap.validation if t.id in s.tag_ids) for t in TAGS}
+    assert val_per_tag == {"a": 2, "b": 1, "c": 1}  # the same rule for the validation side
+    assert len(snap.train) + len(snap.validation) + len(snap.test) == 37
+    sides = [{s.sha256 for s in side} for side in (snap.train, snap.validation, snap.test)]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])  # disjoint
     again = build_snapshot(_project(), TAGS, list(reversed(records)))
     assert again.samples == snap.samples
     # adding images does not move existing ones across the split
@@ -117,7 +121,7 @@ def test_split_is_stratified_deterministic_and_order_independent() -> None:
     moved = {s.sha256 for s in snap.test} - {s.sha256 for s in more.test}
     assert len(moved) <= 1  # only the "a" group's quota changed (2 -> 3 of 30)
     lines = [json.loads(x) for x in snap.to_jsonl().decode().splitlines()]
-    assert {x["split"] for x in lines} == {TRAIN, TEST}
+    assert {x["split"] for x in lines} == {TRAIN, VALIDATION, TEST}
     assert set(lines[0]) == {"imageId", "sha256", "blobPath", "tagIds", "split"}
 
 
@@ -254,3 +258,28 @@ def test_fit_stops_before_overrunning_the_time_budget() -> None:
                         TensorDataset(x, y), config, on_epoch=lambda r: seen.append(r.epoch))
     assert result.stopped == "budget" and seen == [1] and result.best_epoch == 1
     assert not model.training and next(model.parameters()).device.type == "cpu"
+
+
+def test_advanced_training_augments_harder_and_knows_its_budget() -> None:
+    from torchvision.transforms import RandomErasing
+
+    from training_job.dataset import train_transform
+    from training_job.pipeline import JobOptions
+    from visionpipe.messages import TrainingRequest
+
+    options = JobOptions(regular_budget_minutes=30.0, advanced_budget_hours=1.0)
+    advanced = TrainingRequest(project_name="p", training_type="Advanced",
+                               reserved_budget_in_hours=3)
+    assert options.budget_seconds(advanced) == 3 * 3600
+    assert options.budget_seconds(TrainingRequest(project_name="p")) == 30 * 60
+    weak, strong = train_transform(options.spec), train_transform(options.spec, strong=True)
+    assert any(isinstance(t, RandomErasing) for t in strong.transforms)  # type: ignore[attr-defined]
+    assert not any(isinstance(t, RandomErasing) for t in weak.transforms)  # type: ignore[attr-defined]
+
+
+def test_cross_validation_default_is_on_for_gpus_only() -> None:
+    from training_job.pipeline import KFOLD_BELOW, JobOptions
+
+    assert JobOptions(device="cpu").kfold_threshold() == 0  # it would triple a CPU training
+    assert JobOptions(device="cpu", kfold_below=7).kfold_threshold() == 7
+    assert KFOLD_BELOW == 20

@@ -1,4 +1,5 @@
-"""Image validation (DESIGN §3) and model-side decoding: the corpus, the edge cases, and fuzzing."""
+"""Image validation (ARCHITECTURE.md, "Image rules") and model-side decoding: the corpus, the edge
+cases, and fuzzing."""
 
 from __future__ import annotations
 

@@ -90,6 +90,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "busy processes, fewer threads stall less)")
     t.add_argument("--min-images-per-tag", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--kfold-below", type=int, default=None,
+                   help="repeated k-fold on the training images when the rarest tag has fewer "
+                        "images than this (0: never; default 20 on a GPU, off on a CPU); fills "
+                        "precisionStdDeviation / recallStdDeviation")
+    t.add_argument("--kfold-folds", type=int, default=3)
+    t.add_argument("--kfold-repeats", type=int, default=2)
+    t.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
+                   help="do not keep per-epoch checkpoints (a killed job then starts over)")
     t.add_argument("--cache-dir", type=Path,
                    default=Path.home() / ".cache" / "visionpipe" / "images",
                    help="local cache of training images (keyed by sha256)")
@@ -108,6 +116,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         batch_size=args.batch_size, lr=args.lr, device=args.device, workers=args.workers,
         amp=args.amp, cache_dir=args.cache_dir, exporter=args.exporter,
         min_images_per_tag=args.min_images_per_tag, seed=args.seed,
+        kfold_below=args.kfold_below, kfold_folds=args.kfold_folds,
+        kfold_repeats=args.kfold_repeats, checkpoints=args.checkpoints,
     )
 
 

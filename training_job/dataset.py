@@ -2,9 +2,17 @@
 
 The snapshot is taken once, at the start, and written to
 ``datasets/{projectId}/{iterationId}.jsonl``, so an iteration can always say exactly what it was
-trained and tested on, even after the label store has moved on. The split is deterministic in the
-image bytes (not in the listing order or a random seed), so the same image stays on the same side
-across iterations and retries.
+trained, selected and tested on, even after the label store has moved on. The split has three
+sides (docs/training.md says exactly how they are used):
+
+- ``test``: held out from everything; every reported metric comes from it and from nothing else;
+- ``validation``: early stopping and the choice of the best epoch look at it, nothing is reported
+  from it (picking the epoch on the reported images would make the numbers optimistic);
+- ``train``: what the weights are fitted on.
+
+The split is deterministic in the image bytes (a hash of the project id and the image's sha256,
+not the listing order or a random seed), so the same image stays on the same side across
+iterations and retries.
 """
 
 from __future__ import annotations
@@ -31,8 +39,15 @@ from torch.utils.data import Dataset
 
 from visionpipe import names
 from visionpipe.imaging import open_oriented
-from visionpipe.label_store import ImageRecord, Project, Tag
-from visionpipe.preprocessing import PreprocessingSpec, normalize, resize_and_crop
+from visionpipe.preprocessing import (
+    PreprocessingSpec,
+    normalize,
+    normalize_into,
+    prepare_image,
+    resize_and_crop,
+)
+from visionpipe.stores.label_store import ImageRecord, Project, Tag
+from visionpipe.training_rules import MIN_IMAGES_PER_TAG, MIN_TAGS
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -41,10 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIN_IMAGES_PER_TAG = 5  # Custom Vision's own minimum
-MIN_TAGS = 2
 TEST_FRACTION = 0.1
-TRAIN, TEST = "train", "test"
+VALIDATION_FRACTION = 0.1
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
 
 class DatasetError(Exception):
@@ -57,7 +71,7 @@ class Sample:
     sha256: str
     blob_paths: tuple[str, ...]  # inside training-images; the first one that still exists is used
     tag_ids: tuple[str, ...]  # the image's tags among the selected ones
-    split: str  # "train" | "test"
+    split: str  # "train" | "validation" | "test"
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,22 @@ class Snapshot:
         return [s for s in self.samples if s.split == TRAIN]
 
     @property
+    def validation(self) -> list[Sample]:
+        return [s for s in self.samples if s.split == VALIDATION]
+
+    @property
     def test(self) -> list[Sample]:
         return [s for s in self.samples if s.split == TEST]
+
+    def min_images_per_tag(self) -> int:
+        """The fewest images any output tag has (all sides together): how "tiny" a project is."""
+        counts = Counter(t for s in self.samples for t in s.tag_ids)
+        return min((counts[t.id] for t in self.tags), default=0)
+
+    def fingerprint(self) -> str:
+        """What a checkpoint was trained on: tags in output order and every sample's side."""
+        return hashlib.sha256(json.dumps([self.tag_ids, self.to_jsonl().decode()]).encode()
+                              ).hexdigest()
 
     @property
     def tag_ids(self) -> list[str]:
@@ -124,6 +152,14 @@ def _n_test(n: int, fraction: float) -> int:
     return min(n - 1, max(1, math.floor(n * fraction + 0.5)))
 
 
+def _n_validation(n: int, n_test: int, fraction: float) -> int:
+    """Of a group of ``n`` with ``n_test`` test images: validation images, at least one when
+    three or more (one stays for training), same rounding as :func:`_n_test`."""
+    if n < 3 or fraction <= 0:
+        return 0
+    return min(n - 1 - n_test, max(1, math.floor(n * fraction + 0.5)))
+
+
 def build_snapshot(
     project: Project,
     tags: Sequence[Tag],
@@ -131,12 +167,15 @@ def build_snapshot(
     selected_tag_ids: Sequence[str] = (),
     min_per_tag: int = MIN_IMAGES_PER_TAG,
     test_fraction: float = TEST_FRACTION,
+    validation_fraction: float = VALIDATION_FRACTION,
 ) -> Snapshot:
     """Select the images of the selected tags (all tags when none are given) and split them.
 
-    Stratified: each image is grouped under its rarest selected tag, and every group gives
-    ``test_fraction`` of its images (at least one) to the test side, chosen by a hash of the
-    project id and the image bytes.
+    Stratified: each image is grouped under its rarest selected tag, the group is ordered by a
+    hash of the project id and the image bytes, and its first ``test_fraction`` (at least one
+    of two or more) go to the test side, the next ``validation_fraction`` (at least one of three
+    or more) to the validation side, the rest to training. Adding images to a group moves at
+    most the images at the quota boundaries.
     """
     by_id = {t.id: t for t in tags}
     if selected_tag_ids:
@@ -170,8 +209,9 @@ def build_snapshot(
     for tag in chosen:
         group = sorted(groups.get(tag.id, []), key=lambda rl: _split_key(project.id, rl[0].sha256))
         n_test = _n_test(len(group), test_fraction)
+        n_val = _n_validation(len(group), n_test, validation_fraction)
         for i, (record, labels) in enumerate(group):
-            split = TEST if i < n_test else TRAIN
+            split = TEST if i < n_test else VALIDATION if i < n_test + n_val else TRAIN
             samples.append(
                 Sample(record.id, record.sha256, record.blob_paths,
                        tuple(sorted(labels, key=order.__getitem__)), split)
@@ -267,18 +307,33 @@ class EvalTransform:
         return torch.from_numpy(normalize(crop[None], self.spec)[0])
 
 
-def train_transform(spec: PreprocessingSpec) -> Callable[[Image.Image], torch.Tensor]:
+def train_transform(spec: PreprocessingSpec, strong: bool = False
+                    ) -> Callable[[Image.Image], torch.Tensor]:
     """Augmentation for training: random crops of 35-100 % of the picture, flips, mild colour
-    changes (no hue shift: colour is often what tells tags apart)."""
+    changes (no hue shift: colour is often what tells tags apart). ``strong`` (Advanced
+    training, which has the epochs to use it): crops of 20-100 %, small rotations, stronger
+    colour changes and random erasing."""
     from torchvision import transforms as T
 
+    if not strong:
+        return T.Compose(
+            [
+                T.RandomResizedCrop(spec.crop, scale=(0.35, 1.0)),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+                T.ToTensor(),
+                T.Normalize(spec.mean, spec.std),
+            ]
+        )
     return T.Compose(
         [
-            T.RandomResizedCrop(spec.crop, scale=(0.35, 1.0)),
+            T.RandomResizedCrop(spec.crop, scale=(0.2, 1.0)),
             T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            T.RandomRotation(15),
+            T.ColorJitter(brightness=0.35, contrast=0.35, saturation=0.35),
             T.ToTensor(),
             T.Normalize(spec.mean, spec.std),
+            T.RandomErasing(p=0.25),
         ]
     )
 
@@ -304,6 +359,45 @@ class CachedImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img = open_oriented(self.files[index].read_bytes(), min_size=self.min_size)
         return self.transform(img), self.targets[index]
+
+
+def served_input(data: bytes, spec: PreprocessingSpec) -> np.ndarray:
+    """Image bytes -> the (3, H, W) float32 input serving would feed the model for them.
+
+    The very functions of the prediction and quick-test routes (visionpipe.serving.core): JPEG
+    draft decode, the integer pre-shrink of large pictures, the one-pass resize and crop, the
+    lookup-table normalisation. Evaluation goes through here, so an image's score in the
+    iteration's performance equals its quick-test score.
+    """
+    out = np.empty((3, spec.crop, spec.crop), dtype=np.float32)
+    normalize_into(out, prepare_image(data, spec), spec)
+    return out
+
+
+class ServedImages(Dataset):
+    """Pictures preprocessed exactly as serving does (validation, recalibration, evaluation)."""
+
+    def __init__(self, files: Sequence[Path], targets: np.ndarray, spec: PreprocessingSpec
+                 ) -> None:
+        self.files = list(files)
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = served_input(self.files[index].read_bytes(), self.spec)
+        return torch.from_numpy(x), self.targets[index]
+
+
+def served_inputs(cache: ImageCache, samples: Sequence[Sample], spec: PreprocessingSpec
+                  ) -> np.ndarray:
+    """``(N, 3, H, W)`` serving inputs of cached samples (see :func:`served_input`)."""
+    out = np.empty((len(samples), 3, spec.crop, spec.crop), dtype=np.float32)
+    for i, s in enumerate(samples):
+        out[i] = served_input(cache.path(s.sha256).read_bytes(), spec)
+    return out
 
 
 def load_pictures(cache: ImageCache, samples: Sequence[Sample], spec: PreprocessingSpec

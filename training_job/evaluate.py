@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from visionpipe.metrics import (
+    CROSS_VALIDATION_RUNS,
     confusion_matrix,
     metrics_at_threshold,
     pr_curve,
     predictions_document,
+    with_spread,
 )
 
 
@@ -29,16 +31,25 @@ def evaluate(
     samples: Sequence[tuple[str, str]],
     train_images: int,
     threshold: float = 0.5,
+    validation_images: int = 0,
+    cross_validation: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(metrics, metrics.json document)``; ``samples`` are ``(imageId, sha256)`` per row."""
+    """``(metrics, metrics.json document)``; ``samples`` are ``(imageId, sha256)`` per row of
+    the test split, the only images reported on. ``cross_validation`` (small projects) adds the
+    fold-to-fold standard deviations (visionpipe.metrics.with_spread)."""
     metrics = metrics_at_threshold(labels, probabilities, tag_ids, tag_names, threshold,
                                    train_images=train_images)
+    metrics["validationImages"] = int(validation_images)
+    metrics["split"] = "test"
+    metrics = with_spread(metrics, cross_validation, threshold)
     rows = [
         (image_id, sha, [t for t, y in zip(tag_ids, label_row, strict=True) if y > 0.5], probs)
         for (image_id, sha), label_row, probs in zip(samples, labels, probabilities, strict=True)
     ]
     document = dict(metrics)
     document["predictions"] = predictions_document(tag_ids, tag_names, rows)
+    if cross_validation is not None:
+        document[CROSS_VALIDATION_RUNS] = cross_validation
     return metrics, document
 
 
@@ -71,7 +82,8 @@ def pr_curve_png(labels: np.ndarray, probabilities: np.ndarray, metrics: dict[st
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.set_title(f"Precision-recall per tag (dots: threshold {metrics['threshold']:.2f})")
+    ax.set_title(f"Precision-recall per tag, test split of {len(labels)} images "
+                 f"(dots: threshold {metrics['threshold']:.2f})")
     ax.legend(loc="lower left", fontsize="small")
     ax.grid(alpha=0.3)
     return _png(fig)
@@ -110,5 +122,5 @@ def confusion_png(
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(int(value)), ha="center", va="center",
                 color="white" if peak and value > peak / 2 else "black")
-    ax.set_title(title)
+    ax.set_title(f"{title}, test split of {len(labels)} images")
     return _png(fig)

@@ -86,7 +86,8 @@ def build_model(backbone: str, num_classes: int, weights: Path | None) -> BuiltM
         log.warning(
             "RANDOM INIT: no pretrained weights for backbone %s (looked for %s). The model is "
             "trained from scratch: expect much lower accuracy than transfer learning. Build the "
-            "container image (it bakes the weights in) or pass --weights.",
+            "container image (it bakes the weights in), run `make setup` with network access "
+            "(scripts/fetch_weights.py) or pass --weights.",
             backbone, weights or "nothing",
         )
     parent, attr, old = _head(model, head)
@@ -128,7 +129,7 @@ def recalibrate_batchnorm(
 
     torchvision's MobileNetV3 uses BatchNorm momentum 0.01, so after the few hundred steps of a
     small fine-tune from a random init the running statistics are still near their initial
-    values and eval-mode predictions sit at chance (FIELD-NOTES). Resetting them and averaging
+    values and eval-mode predictions sit at chance. Resetting them and averaging
     over the training pictures fixes that. Each batch is weighted by its size (momentum
     n / seen-so-far), so a ragged last batch of one picture does not count as much as a full one.
     """

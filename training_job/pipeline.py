@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from training_job import dataset as ds
+from training_job.checkpoints import BlobCheckpoints
 from training_job.evaluate import confusion_png, evaluate, pr_curve_png
 from training_job.export import PARITY_TOLERANCE, ExportError, export_onnx, onnx_session, parity
+from training_job.kfold import cross_validate
 from training_job.model import (
     DEFAULT_BACKBONE,
     DEFAULT_WEIGHTS_DIR,
@@ -33,7 +35,6 @@ from training_job.model import (
 )
 from training_job.train import EpochResult, TrainConfig, fit
 from visionpipe import names
-from visionpipe.label_store import LabelStore, Project
 from visionpipe.manifest import (
     CONFUSION_MATRIX_FILE,
     MANIFEST_FILE,
@@ -44,13 +45,15 @@ from visionpipe.manifest import (
     TagOutput,
 )
 from visionpipe.messages import TrainingRequest
-from visionpipe.preprocessing import PreprocessingSpec, to_input
-from visionpipe.registry import Iteration, IterationStatus, Registry
+from visionpipe.preprocessing import PreprocessingSpec
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.registry import Iteration, IterationStatus, Registry
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "training_config.json"
+KFOLD_BELOW = 20  # images of the rarest tag under which a GPU job cross-validates by default
 EXPORT_RESERVE_S = 120.0  # kept out of the training budget for export, evaluation, upload
 PARITY_CHUNK = 64
 
@@ -80,6 +83,13 @@ class JobOptions:
     parity_tolerance: float = PARITY_TOLERANCE
     min_images_per_tag: int = ds.MIN_IMAGES_PER_TAG
     seed: int = 0
+    # repeated k-fold on the training images when the rarest tag has fewer images than this
+    # (0: never); the spread it measures fills precisionStdDeviation / recallStdDeviation.
+    # None: KFOLD_BELOW on a GPU, off on a CPU (there it would triple the demo's training time)
+    kfold_below: int | None = None
+    kfold_folds: int = 3
+    kfold_repeats: int = 2
+    checkpoints: bool = True  # per epoch, in blob storage: a killed job resumes from there
 
     @property
     def spec(self) -> PreprocessingSpec:
@@ -97,13 +107,27 @@ class JobOptions:
                 return local
         return baked
 
-    def train_config(self, request: TrainingRequest, seconds_used: float) -> TrainConfig:
+    def kfold_threshold(self) -> int:
+        """``kfold_below`` as given, else :data:`KFOLD_BELOW` on CUDA and 0 (off) on a CPU."""
+        if self.kfold_below is not None:
+            return self.kfold_below
+        from training_job.train import resolve_device
+
+        return KFOLD_BELOW if resolve_device(self.device).type == "cuda" else 0
+
+    def budget_seconds(self, request: TrainingRequest) -> float:
+        """The whole wall-clock budget of one iteration: Advanced ``reservedBudgetInHours``
+        (default ``advanced_budget_hours``), Regular ``regular_budget_minutes``."""
         if request.training_type == "Advanced":
-            hours = request.reserved_budget_in_hours or self.advanced_budget_hours
-            epochs, patience, budget = self.advanced_epochs, self.advanced_patience, hours * 3600
+            return (request.reserved_budget_in_hours or self.advanced_budget_hours) * 3600.0
+        return self.regular_budget_minutes * 60.0
+
+    def train_config(self, request: TrainingRequest, seconds_used: float) -> TrainConfig:
+        budget = self.budget_seconds(request)
+        if request.training_type == "Advanced":
+            epochs, patience = self.advanced_epochs, self.advanced_patience
         else:
             epochs, patience = self.epochs, self.patience
-            budget = self.regular_budget_minutes * 60
         return TrainConfig(
             epochs=epochs, patience=patience,
             time_budget_s=max(60.0, budget - seconds_used - EXPORT_RESERVE_S),
@@ -146,7 +170,10 @@ def train_iteration(
     """Train and register ``iteration``; raise (DatasetError, ExportError, ...) when it cannot be.
 
     ``check_lease`` raises when this worker no longer owns the request (another execution may be
-    retraining the same iteration): called after every epoch and before anything is registered.
+    retraining the same iteration) or the iteration was canceled: called at every phase
+    boundary, after every epoch and before anything is registered. ``should_stop`` is asked
+    between training steps (a stop, a lost lease, a cancel). A checkpoint left by a killed
+    earlier attempt of the same training is resumed (training_job.checkpoints).
     """
     registry = Registry(storage)
     label_store = LabelStore(storage)
@@ -160,8 +187,9 @@ def train_iteration(
         except Exception as e:  # noqa: BLE001 - progress is advisory
             log.warning("could not record progress: %s", e)
 
-    progress(_progress("snapshot"), status=str(IterationStatus.TRAINING), failureReason="",
-             backbone=options.backbone)
+    # no status here: the row is Training already (the worker checked), and a cancel that lands
+    # meanwhile must not be overwritten
+    progress(_progress("snapshot"), backbone=options.backbone)
 
     # 1. the dataset snapshot, cached locally, stored beside the other iterations'
     t = time.perf_counter()
@@ -176,31 +204,57 @@ def train_iteration(
         snapshot = ds.without(snapshot, missing, min_per_tag=options.min_images_per_tag)
     ds.write_snapshot(storage, snapshot, iteration.id)
     t = timer.phase("download", t)
-    train, test = snapshot.train, snapshot.test
-    log.info("project %s, iteration %s: %d tags (%s), %d train / %d test images, %s",
-             project.name, iteration.id, len(snapshot.tags), ", ".join(snapshot.tag_names),
-             len(train), len(test), project.classification_type)
+    check_lease()  # a cancel while downloading stops here, before any training
+    train, validation, test = snapshot.train, snapshot.validation, snapshot.test
+    sizes = {"trainImages": len(train), "validationImages": len(validation),
+             "testImages": len(test)}
+    log.info("project %s, iteration %s: %d tags (%s), %d train / %d validation / %d test "
+             "images, %s", project.name, iteration.id, len(snapshot.tags),
+             ", ".join(snapshot.tag_names), len(train), len(validation), len(test),
+             project.classification_type)
 
-    # 2. fine-tune
-    built = build_model(options.backbone, len(snapshot.tags), options.weights_path())
-    min_size = spec.min_decode_size
+    # 2. fine-tune: weights fitted on train, the epoch chosen on validation, test untouched
+    weights = options.weights_path()
+    built = build_model(options.backbone, len(snapshot.tags), weights)
+    used = weights_used(built.weights)
+    log.info("weights: %s", used)
     files = lambda samples: [cache.path(s.sha256) for s in samples]  # noqa: E731
-    train_set = ds.CachedImages(files(train), snapshot.targets(train), ds.train_transform(spec),
-                                min_size)
-    eval_tf = ds.EvalTransform(spec)
-    val_set = ds.CachedImages(files(test), snapshot.targets(test), eval_tf, min_size)
-    recal_set = ds.CachedImages(files(train), snapshot.targets(train), eval_tf, min_size)
+    advanced = request.training_type == "Advanced"
+    train_set = ds.CachedImages(files(train), snapshot.targets(train),
+                                ds.train_transform(spec, strong=advanced), spec.min_decode_size)
+    val_set = ds.ServedImages(files(validation), snapshot.targets(validation), spec)
+    recal_set = ds.ServedImages(files(train), snapshot.targets(train), spec)
     config = options.train_config(request, time.perf_counter() - timer.started)
+    checkpoints = BlobCheckpoints(storage, project.id, iteration.id, {
+        "dataset": snapshot.fingerprint(), "backbone": options.backbone,
+        "weights": built.weights, "spec": spec.to_dict(), "epochs": config.epochs,
+        "batchSize": config.batch_size, "lr": config.lr, "seed": config.seed,
+        "trainingType": request.training_type,
+    }) if options.checkpoints else None
 
     def on_epoch(r: EpochResult) -> None:
         progress(_progress("training", r.epoch, r.epochs, round(r.train_loss, 5),
-                           round(r.val_metric, 5), imagesPerSecond=round(r.images_per_s, 2)))
+                           round(r.val_metric, 5), imagesPerSecond=round(r.images_per_s, 2),
+                           weights=used, **sizes))
         check_lease()
 
-    progress(_progress("training", 0, config.epochs))
+    progress(_progress("training", 0, config.epochs, weights=used, **sizes))
     model, fitted = fit(built, snapshot.multilabel, train_set, val_set, recal_set, config,
-                        on_epoch, should_stop)
+                        on_epoch, should_stop, checkpoints)
     t = timer.phase("train", t)
+
+    # 2b. small project: the spread over repeated k-fold on the training images
+    cross_validation = None
+    if snapshot.min_images_per_tag() < options.kfold_threshold():
+        check_lease()
+        progress(_progress("crossValidation", fitted.best_epoch, config.epochs, weights=used,
+                           **sizes))
+        budget_left = config.time_budget_s - timer.phases.get("trainSeconds", 0.0)
+        cross_validation = cross_validate(
+            snapshot, cache, spec, options.backbone, weights, config, fitted.best_epoch,
+            options.kfold_folds, options.kfold_repeats, time.monotonic() + budget_left,
+            should_stop)
+        t = timer.phase("crossValidation", t)
 
     # 3. export and check
     progress(_progress("exporting", fitted.best_epoch, config.epochs))
@@ -210,14 +264,17 @@ def train_iteration(
         opset = export_onnx(served_model, spec, onnx_path, options.exporter)
         model_bytes = onnx_path.read_bytes()
     t = timer.phase("export", t)
+    check_lease()
 
-    # 4. parity and evaluation on the test pictures, preprocessed as serving does
+    # 4. parity and evaluation: the exported model on the test pictures, preprocessed by the
+    # serving code itself (draft decode and all), so each test image's probabilities are the
+    # ones quick test answers for it
     progress(_progress("evaluating", fitted.best_epoch, config.epochs))
     session = onnx_session(model_bytes)
     worst, probs = 0.0, []
     for i in range(0, len(test), PARITY_CHUNK):
-        pictures = ds.load_pictures(cache, test[i:i + PARITY_CHUNK], spec)
-        diff, served = parity(session, served_model, to_input(pictures, spec))
+        diff, served = parity(session, served_model,
+                              ds.served_inputs(cache, test[i:i + PARITY_CHUNK], spec))
         worst = max(worst, diff)
         probs.append(served)
     log.info("parity: max |onnx - torch| = %.2e on %d test images (tolerance %.0e)",
@@ -228,7 +285,9 @@ def train_iteration(
     probabilities = np.concatenate(probs)
     labels = snapshot.targets(test)
     metrics, metrics_doc = evaluate(labels, probabilities, snapshot.tag_ids, snapshot.tag_names,
-                                    [(s.image_id, s.sha256) for s in test], len(train))
+                                    [(s.image_id, s.sha256) for s in test], len(train),
+                                    validation_images=len(validation),
+                                    cross_validation=cross_validation)
     pr_png = pr_curve_png(labels, probabilities, metrics)
     cm_png = confusion_png(labels, probabilities, snapshot.tag_names, snapshot.multilabel)
     t = timer.phase("evaluate", t)
@@ -258,6 +317,8 @@ def train_iteration(
         "fit": fitted.to_dict(),
         "pretrained": built.pretrained,
         "weights": built.weights,
+        "weightsUsed": used,
+        "split": sizes,
         "parityMaxAbsDiff": worst,
         "exporter": options.exporter,
     }
@@ -277,7 +338,10 @@ def train_iteration(
         progress=_progress("completed", fitted.best_epoch, config.epochs,
                            round(fitted.history[-1].train_loss, 5) if fitted.history else None,
                            round(fitted.best_metric, 5), stopped=fitted.stopped,
-                           epochsRun=len(fitted.history)),
+                           epochsRun=len(fitted.history), resumedFrom=fitted.resumed_from,
+                           weights=used, trainingType=request.training_type,
+                           budgetSeconds=round(options.budget_seconds(request)),
+                           usedSeconds=timings["totalSeconds"], **sizes),
         metrics=metrics,
         trainedAt=datetime.now(UTC),
         failureReason="",
@@ -285,7 +349,15 @@ def train_iteration(
         pretrained=built.pretrained,
         timingsJson=json.dumps(timings),
     )
-    log.info("iteration %s Completed in %.1fs: precision %.3f, recall %.3f, AP %.3f%s",
-             iteration.id, timings["totalSeconds"], metrics["precision"], metrics["recall"],
-             metrics["averagePrecision"], "" if built.pretrained else " (RANDOM INIT)")
+    if checkpoints is not None:
+        checkpoints.delete()
+    log.info("iteration %s Completed in %.1fs: precision %.3f, recall %.3f, AP %.3f on %d test "
+             "images%s", iteration.id, timings["totalSeconds"], metrics["precision"],
+             metrics["recall"], metrics["averagePrecision"], len(test),
+             "" if built.pretrained else " (RANDOM INIT)")
     return manifest
+
+
+def weights_used(weights: str) -> str:
+    """What ``status`` and ``metrics`` say the backbone started from."""
+    return f"pretrained ({Path(weights).name})" if weights else "random init"

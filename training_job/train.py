@@ -28,7 +28,22 @@ log = logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
-    """Training was asked to stop (SIGTERM, lost lease); nothing is registered."""
+    """Training was asked to stop (SIGTERM, lost lease, a cancel); nothing is registered."""
+
+
+class Checkpoints:
+    """Where :func:`fit` keeps its state after every epoch and finds it again after a kill.
+
+    ``load`` answers None when there is nothing to resume (or what is there belongs to another
+    dataset or configuration); ``save`` must not raise for a transient failure that the next
+    epoch's save can make good (the pipeline's blob implementation logs and goes on).
+    """
+
+    def load(self) -> dict[str, Any] | None:
+        return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        return None
 
 
 @dataclass
@@ -68,6 +83,7 @@ class FitResult:
     stopped: str = "epochs"  # epochs | early_stop | budget
     device: str = "cpu"
     amp_dtype: str = ""
+    resumed_from: int = 0  # the first epoch this run trained after a checkpoint (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,6 +232,30 @@ class Trainer:
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
+    def training_state(self) -> dict[str, Any]:
+        """Everything but the model weights that the next epoch depends on."""
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def restore(self, model: dict[str, torch.Tensor], training: dict[str, Any]) -> None:
+        self.model.load_state_dict(model)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        self.scaler.load_state_dict(training["scaler"])
+
+
+def _finished(result: FitResult, config: TrainConfig, epoch: int) -> bool:
+    """Whether ``epoch`` is the last one: the epochs are spent, or no better validation metric
+    for ``patience`` epochs (early stop)."""
+    if epoch >= config.epochs:
+        return True
+    if epoch - result.best_epoch >= config.patience:
+        log.info("early stop: no better validation metric for %d epochs", config.patience)
+        result.stopped = "early_stop"
+        return True
+    return False
+
 
 def mean_ap(targets: np.ndarray, probs: np.ndarray) -> float:
     """The validation metric: mean AP over tags that have validation images."""
@@ -233,9 +273,16 @@ def fit(
     config: TrainConfig,
     on_epoch: Callable[[EpochResult], None] = lambda r: None,
     should_stop: Callable[[], bool] = lambda: False,
+    checkpoints: Checkpoints | None = None,
 ) -> tuple[nn.Module, FitResult]:
     """Train, keep the best epoch by validation metric (ties: lower validation loss), stop early
     after ``patience`` epochs without improvement or before overrunning the time budget.
+
+    ``val_set`` must be the validation side, never the test side: the epoch chosen here is the
+    model whose test metrics are reported. With ``checkpoints`` the state after every epoch is
+    saved, and a run that finds one (a killed job's) continues after its last epoch: every epoch
+    reseeds the shuffling and augmentation from ``seed + epoch``, so a resumed run sees the same
+    batches an uninterrupted one would have.
 
     Returns the best model on the CPU in eval mode, in fp32 and contiguous layout (ready to export).
     """
@@ -256,8 +303,23 @@ def fit(
              len(val_set))  # type: ignore[arg-type]
     best_key: tuple[float, float] | None = None
     best_state = trainer.state()
+    first = 1
+    saved = checkpoints.load() if checkpoints is not None else None
+    if saved is not None:
+        trainer.restore(saved["model"], saved["training"])
+        best_state = saved.get("best") or trainer.state()
+        best_key = tuple(saved["bestKey"]) if saved.get("bestKey") else None  # type: ignore[assignment]
+        result.history = [EpochResult(**h) for h in saved["history"]]
+        result.best_epoch, result.best_metric = saved["bestEpoch"], saved["bestMetric"]
+        result.resumed_from = first = int(saved["epoch"]) + 1
+        log.info("resuming from the checkpoint of epoch %d", saved["epoch"])
+        if _finished(result, config, first - 1):
+            first = config.epochs + 1  # the kill came after the last epoch was saved
     started = time.monotonic()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first, config.epochs + 1):
+        torch.manual_seed(config.seed + epoch)
+        if train_loader.generator is not None:
+            train_loader.generator.manual_seed(config.seed + epoch)
         t0 = time.perf_counter()
         train_loss, seen, waited = trainer.train_one_epoch(train_loader, should_stop)
         train_seconds = time.perf_counter() - t0
@@ -265,8 +327,11 @@ def fit(
             trainer.recalibrate(recal_loader)
         if should_stop():
             raise Interrupted("stop requested after an epoch")
-        val_loss, probs, targets = trainer.evaluate(val_loader)
-        metric = mean_ap(targets, probs) if len(targets) else 0.0
+        if len(val_set):  # type: ignore[arg-type]
+            val_loss, probs, targets = trainer.evaluate(val_loader)
+            metric = mean_ap(targets, probs) if len(targets) else 0.0
+        else:  # nothing to select on (cross-validation folds): the newest epoch is kept
+            val_loss, metric = -float(epoch), 0.0
         seconds = time.perf_counter() - t0
         epoch_result = EpochResult(epoch, config.epochs, train_loss, val_loss, metric,
                                    seen / train_seconds if train_seconds else 0.0, seconds, waited)
@@ -279,12 +344,16 @@ def fit(
                  "%.1fs (%.1fs waiting for data)%s", epoch, config.epochs, train_loss, val_loss,
                  metric, epoch_result.images_per_s, seconds, waited,
                  " *best*" if result.best_epoch == epoch else "")
+        if checkpoints is not None:
+            checkpoints.save({
+                "epoch": epoch, "model": trainer.state(), "training": trainer.training_state(),
+                "best": None if result.best_epoch == epoch else best_state,
+                "bestKey": list(best_key) if best_key else None,
+                "bestEpoch": result.best_epoch, "bestMetric": result.best_metric,
+                "history": [asdict(h) for h in result.history],
+            })
         on_epoch(epoch_result)
-        if epoch == config.epochs:
-            break
-        if epoch - result.best_epoch >= config.patience:
-            result.stopped = "early_stop"
-            log.info("early stop: no better validation metric for %d epochs", config.patience)
+        if _finished(result, config, epoch):
             break
         elapsed = time.monotonic() - started
         if elapsed + seconds > config.time_budget_s:

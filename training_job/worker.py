@@ -8,7 +8,15 @@ fields, ids that are not GUIDs, an unknown project: :mod:`visionpipe.messages` s
 ``max_dequeue_count`` deliveries when every attempt died. Either way the request ends as exactly
 one copy there and leaves the queue, whatever else fails on the way, because in Azure every
 redelivery starts another GPU job. A worker killed mid-run simply stops renewing: the message
-reappears and the same iteration id is retrained.
+reappears and the same iteration id is trained again, from its last per-epoch checkpoint
+(training_job.checkpoints).
+
+Cancel: the ``cancel`` route writes the iteration Canceled (which frees the project's training
+lock at once); the worker notices within :data:`CANCEL_POLL_S` of the row changing (a throttled
+read between training steps and at every phase boundary), stops, removes what the attempt
+uploaded, deletes the request and sends no event (Custom Vision has no Canceled notification,
+and a TrainingFailed would overwrite the Canceled row). A request whose iteration was canceled
+while it waited in the queue is dropped the same way when it is received.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +40,6 @@ from azure.core.exceptions import (
 )
 
 from visionpipe import names
-from visionpipe.label_store import LabelStore, Project
 from visionpipe.messages import (
     TRAINING_COMPLETED,
     TRAINING_FAILED,
@@ -40,12 +48,15 @@ from visionpipe.messages import (
     TrainingRequest,
     decode_body,
 )
-from visionpipe.registry import IterationStatus, Registry
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.registry import IterationStatus, Registry
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+#: At most this long between two reads of the iteration row for a cancel (seconds).
+CANCEL_POLL_S = 2.0
 _MAX_REASON = 2000
 #: Beside each poisoned request, in the quarantine container: why, and that its copy was made.
 PARKED_SUFFIX = ".reason.json"
@@ -60,10 +71,49 @@ class Outcome(StrEnum):
     RETRY = "retry"  # a transient error: left for another attempt
     RELEASED = "released"  # asked to stop: the message is visible again at once
     LEASE_LOST = "lease_lost"  # another execution owns the request now: nothing registered
+    CANCELED = "canceled"  # the iteration was canceled: stopped, cleaned up, message deleted
 
 
 class LeaseLost(Exception):
     """This worker no longer owns the request message."""
+
+
+class Canceled(Exception):
+    """The iteration was canceled (its row says Canceled): stop, register nothing."""
+
+
+class CancelWatch:
+    """Whether the iteration has been canceled: a read of its row at most every ``interval``
+    seconds, so it can be asked between every two training steps."""
+
+    def __init__(self, registry: Registry, project_id: str, iteration_id: str,
+                 interval: float = CANCEL_POLL_S) -> None:
+        self._registry = registry
+        self._key = (project_id, iteration_id)
+        self._interval = interval
+        self._next = 0.0
+        self.canceled = False
+
+    def __call__(self) -> bool:
+        if self.canceled:
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        try:
+            iteration = self._registry.get_iteration(*self._key)
+        except Exception as e:  # noqa: BLE001 - a failed read is not a cancel; ask again later
+            log.warning("could not read the iteration row for a cancel: %s", e)
+            return False
+        self.canceled = iteration is None or iteration.status == IterationStatus.CANCELED
+        return self.canceled
+
+    def check(self) -> None:
+        """Raise :class:`Canceled` when canceled (asked without waiting for the throttle)."""
+        self._next = 0.0
+        if self():
+            raise Canceled("the iteration was canceled")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -226,6 +276,12 @@ class Worker:
             selected_tags=request.selected_tags,
             classification_type=project.classification_type,
         )
+        if iteration.status == IterationStatus.CANCELED:
+            log.info("iteration %s was canceled before it started: dropping its request",
+                     iteration.id)
+            self._cleanup(project.id, iteration.id)
+            self._delete(message.id, message.pop_receipt)
+            return Outcome.CANCELED
         if iteration.status != IterationStatus.TRAINING:
             log.info("iteration %s is already %s: re-sending its event, dropping the duplicate",
                      iteration.id, iteration.status)
@@ -237,13 +293,21 @@ class Worker:
                  project.name, request.training_type, count)
         from training_job.pipeline import train_iteration  # onnx, matplotlib: once there is work
 
+        cancel = CancelWatch(self.registry, project.id, iteration.id)
+
+        def check() -> None:
+            lease.check()
+            cancel.check()
+
         with Lease(self.requests, message, self.options.visibility_timeout) as lease:
             try:
                 train_iteration(
                     self.storage, project, iteration, request, self.job_options,
-                    check_lease=lease.check,
-                    should_stop=lambda: self.stop.is_set() or lease.lost is not None,
+                    check_lease=check,
+                    should_stop=lambda: self.stop.is_set() or lease.lost is not None or cancel(),
                 )
+            except Canceled:
+                return self._canceled(project.id, iteration.id, lease)
             except LeaseLost as e:
                 log.error("iteration %s: %s; leaving it to the execution that owns it now",
                           iteration.id, e)
@@ -252,6 +316,8 @@ class Worker:
                 from training_job.train import Interrupted
 
                 if isinstance(e, Interrupted):
+                    if cancel.canceled:
+                        return self._canceled(project.id, iteration.id, lease)
                     if lease.lost:
                         log.error("iteration %s: %s", iteration.id, lease.lost)
                         return Outcome.LEASE_LOST
@@ -296,6 +362,29 @@ class Worker:
         text = str(e) if self._expected(e) else f"{type(e).__name__}: {e}"
         return text[:_MAX_REASON]
 
+    def _cleanup(self, project_id: str, iteration_id: str) -> None:
+        """Drop what an attempt uploaded: artifacts under models/ and the checkpoint."""
+        from training_job.checkpoints import delete_checkpoint
+
+        models = self.storage.container(names.MODELS)
+        for blob in models.list_blobs(name_starts_with=f"{project_id}/{iteration_id}/"):
+            with suppress(ResourceNotFoundError):
+                models.delete_blob(blob.name)
+        delete_checkpoint(self.storage, project_id, iteration_id)
+
+    def _canceled(self, project_id: str, iteration_id: str, lease: Lease) -> Outcome:
+        """Stopped for a cancel: the row already says Canceled (and the lock is free)."""
+        log.warning("iteration %s was canceled: training stopped, nothing registered",
+                    iteration_id)
+        self._cleanup(project_id, iteration_id)
+        iteration = self.registry.get_iteration(project_id, iteration_id)
+        if iteration is not None:
+            self.registry.update_iteration(
+                project_id, iteration_id,
+                progress={**iteration.progress, "phase": "canceled"})
+        lease.delete()
+        return Outcome.CANCELED
+
     def _event(self, project_id: str, iteration_id: str, completed: bool) -> None:
         status = TRAINING_COMPLETED if completed else TRAINING_FAILED
         self.events.send_message(TrainingEvent(project_id, iteration_id, status).to_json().encode())
@@ -303,10 +392,7 @@ class Worker:
     def _fail(self, project_id: str, iteration_id: str, reason: str) -> None:
         """Record Failed, drop whatever an earlier attempt uploaded, and say so on the events
         queue: a Failed iteration never has a model that something could serve."""
-        models = self.storage.container(names.MODELS)
-        for blob in models.list_blobs(name_starts_with=f"{project_id}/{iteration_id}/"):
-            with suppress(ResourceNotFoundError):
-                models.delete_blob(blob.name)
+        self._cleanup(project_id, iteration_id)
         self.registry.update_iteration(
             project_id, iteration_id, status=str(IterationStatus.FAILED), failureReason=reason,
             progress={"phase": "failed", "epoch": 0, "epochs": 0, "trainLoss": None,

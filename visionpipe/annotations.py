@@ -11,8 +11,8 @@ safe: inputs are size-bounded before parsing, XML is read with ``defusedxml`` wi
 (a billion-laughs or external-entity file is refused, never expanded), YAML only with the safe
 loader, JSON without NaN/Infinity, and every number is checked to be finite and inside the image
 (a tiny overshoot at an edge is clipped, anything more is refused). A refusal raises
-:class:`~visionpipe.rejections.Rejected` with one of :class:`AnnotationReason`'s codes and a
-message that names the file part at fault.
+:class:`~visionpipe.rejections.Rejected` with one of the annotation codes of
+:class:`~visionpipe.rejections.Reason` and a message that names the file part at fault.
 
 Nothing here touches storage: :func:`classify_blob` and :func:`annotation_blobs_for_image` tell
 the ingest which blob names belong together, so pairs can be resolved whichever half arrives
@@ -36,7 +36,7 @@ import yaml
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as _xml_fromstring
 
-from visionpipe.rejections import Rejected, Rejection
+from visionpipe.rejections import Reason, Rejected, Rejection
 
 MAX_REGIONS_PER_IMAGE = 300  # Custom Vision's limit of regions on one training image
 MAX_ANNOTATION_FILE_BYTES = 1024 * 1024  # one per-image file (VOC, YOLO) or a class-name file
@@ -56,20 +56,13 @@ CLASSES_TXT = "classes.txt"
 DATA_YAML_NAMES = ("data.yaml", "data.yml")
 
 
-class AnnotationReason(StrEnum):
-    """Reason codes for refused annotations (public contract, like visionpipe.rejections.Reason).
-
-    They live here until visionpipe.rejections.Reason carries them; the values are the codes.
-    """
-
-    BAD_ANNOTATION = "bad_annotation"  # unreadable, malformed, hostile or inconsistent
-    BOX_OUT_OF_BOUNDS = "box_out_of_bounds"  # a box outside the image, infinite or huge
-    UNKNOWN_IMAGE = "unknown_image"  # refers to an image the file does not declare
-    TOO_MANY_REGIONS = "too_many_regions"  # over MAX_REGIONS_PER_IMAGE on one image
+#: The annotation codes of :class:`~visionpipe.rejections.Reason` (kept under this name for
+#: readers of this module).
+AnnotationReason = Reason
 
 
-def _refuse(reason: AnnotationReason, message: str) -> Rejected:
-    return Rejected(reason, message)  # type: ignore[arg-type]  # see AnnotationReason
+def _refuse(reason: Reason, message: str) -> Rejected:
+    return Rejected(reason, message)
 
 
 def _bad(message: str) -> Rejected:

@@ -5,7 +5,7 @@ segments before sending it. With a SharedKey signature the server then rejects t
 SAS or an Entra token (how the Function app reaches storage in Azure) does not sign the path: the
 request silently lands on another blob, even in another container. So a name is judged here, by
 this one function, before *any* storage call is made with it; an unsafe name is never used to
-address a blob at all (see :func:`visionpipe.quarantine.record_unsafe_name`).
+address a blob at all (see :func:`visionpipe.stores.quarantine.record_unsafe_name`).
 
 The rules are deliberately wider than traversal alone: anything that some layer might decode or
 normalise into a traversal (percent-encoded dots, slashes or percent signs, backslashes, Unicode
@@ -23,6 +23,8 @@ import unicodedata
 MAX_NAME_LENGTH = 1024
 #: Longest path segment accepted (common file-system limit; a longer one is not a file name).
 MAX_SEGMENT_LENGTH = 255
+#: A project or tag name (each is one drop-folder segment; the API and the drop folder agree).
+MAX_FOLDER_NAME_LENGTH = 256
 #: How much of an unsafe name a record keeps (escaped); the digest identifies the whole name.
 MAX_ESCAPED_LENGTH = 2048
 
@@ -58,6 +60,23 @@ def unsafe_reason(name: str) -> str | None:
                 return "the name has a '.' or '..' segment"
     if any(len(segment) > MAX_SEGMENT_LENGTH for segment in name.split("/")):
         return f"a segment of the name is over {MAX_SEGMENT_LENGTH} characters"
+    return None
+
+
+def folder_name_problem(name: str | None) -> str | None:
+    """Why ``name`` cannot be a project or tag name, or None when it can.
+
+    Project and tag names are drop-folder segments (``training-images/{project}/{tag}/...``), so
+    one rule serves the API (which refuses the name) and the drop folder (which quarantines the
+    image): not empty, no outer spaces, at most 256 characters, and a safe single segment."""
+    if name is None or not name.strip():
+        return "is empty"
+    if name != name.strip():
+        return "has outer spaces"
+    if len(name) > MAX_FOLDER_NAME_LENGTH:
+        return f"is over {MAX_FOLDER_NAME_LENGTH} characters"
+    if "/" in name or unsafe_reason(name) is not None:
+        return "cannot be a folder name ('/', '\\', '.', '..', encoded dots or a control character)"
     return None
 
 

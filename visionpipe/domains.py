@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from visionpipe.label_store import GENERAL_DOMAIN_ID
+from visionpipe.messages import EXPORT_FLAVORS
 
+#: Custom Vision's General classification domain: the default for new projects.
+GENERAL_DOMAIN_ID = "ee85a74c-405e-4adc-bb47-ffa8ca0c9f31"
 CLASSIFICATION = "Classification"
-EXPORT_PLATFORMS = ("ONNX",)
+#: Every domain exports to every platform the export worker offers (visionpipe trains one model
+#: family for all of them), as the iteration's ``exportableTo`` says.
+EXPORT_PLATFORMS = tuple(EXPORT_FLAVORS)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,26 @@ DOMAINS: tuple[Domain, ...] = (
 )
 
 _BY_ID = {d.id: d for d in DOMAINS}
+
+#: Custom Vision's object detection domains (General, General [A1], Logo, Products on Shelves,
+#: General (compact), General (compact) [S1]): not offered, but named, so a project asking for one
+#: is told that detection is what is missing, not that the id is unknown.
+DETECTION_DOMAIN_IDS = frozenset({
+    "da2e3a8a-40a5-4171-82f4-58522f70fbc1",
+    "9c616dff-2e7d-ea11-af59-1866da359ce6",
+    "1d8ffafe-ec40-4fb2-8f90-72b3b6cecea4",
+    "3780a898-81c3-4516-81ae-3a139614e1f3",
+    "a27d5ca5-bb19-49d8-a70a-fec086c47f5b",
+    "7ec2ac80-887b-48a6-8df9-8b1357765430",
+})
+DETECTION_NOT_SUPPORTED = ("object detection projects are not supported yet: visionpipe trains "
+                           "image classification (Multiclass or Multilabel) only; choose a "
+                           "classification domain (see GET domains)")
+
+
+def is_detection_domain(domain_id: str) -> bool:
+    """True for one of Custom Vision's object detection domain ids."""
+    return domain_id.strip().lower() in DETECTION_DOMAIN_IDS
 
 
 def get_domain(domain_id: str) -> Domain | None:

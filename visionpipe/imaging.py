@@ -15,7 +15,8 @@ from io import BytesIO
 
 from PIL import Image
 
-#: Formats the model side decodes; the same allowlist that validation enforces (DESIGN §3).
+#: Formats the model side decodes; the same allowlist that validation enforces (ARCHITECTURE.md,
+#: "Image rules").
 DECODABLE_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
 
 _ORIENTATION_TAG = 0x0112

@@ -1,4 +1,5 @@
-"""The iteration manifest (DESIGN §5): everything needed to serve a model without training code.
+"""The iteration manifest (ARCHITECTURE.md, "Iteration manifest"): everything needed to serve a
+model without training code.
 
 Written by the training job to ``models/{projectId}/{iterationId}/manifest.json``; read by serving.
 """
@@ -6,6 +7,7 @@ Written by the training job to ``models/{projectId}/{iterationId}/manifest.json`
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,3 +93,11 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
         return cls.from_dict(json.loads(text))
+
+
+def overall_section(metrics: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The overall figures of an iteration's metrics: the training job writes
+    ``{"overall": {...}, "perTag": [...]}``; older rows and Custom Vision's IterationPerformance
+    are flat. The one reader of both shapes (the performance route and the auto-publish gate)."""
+    overall = metrics.get("overall")
+    return overall if isinstance(overall, Mapping) else metrics

@@ -218,3 +218,48 @@ class TrainingEvent:
             raise BadMessage(f"trainingStatus must be {TRAINING_COMPLETED} or {TRAINING_FAILED}")
         return cls(guid(content.get("projectId"), "projectId"),
                    guid(content.get("iterationId"), "iterationId"), str(status))
+
+
+#: Export platforms and their flavors (Custom Vision's names, plus visionpipe's own ONNX flavors
+#: ``ONNXFloat16``/``ONNXInt8``); ``""`` is "no flavor". The plain ONNX export (no flavor) needs no
+#: conversion and never goes on the queue; everything else is converted by the export worker.
+EXPORT_FLAVORS: dict[str, tuple[str, ...]] = {
+    "ONNX": ("", "ONNX10", "ONNX12", "ONNXFloat16", "ONNXInt8"),
+    "OpenVino": ("",),
+    "DockerFile": ("Linux", "ARM"),
+}
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Convert one iteration to one platform/flavor (``export-requests``). The export row it
+    names (``exports`` table) is the state; the message only says which row to work on."""
+
+    project_id: str
+    iteration_id: str
+    platform: str
+    flavor: str = ""
+    requested_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def to_json(self) -> str:
+        return json.dumps({"projectId": self.project_id, "iterationId": self.iteration_id,
+                           "platform": self.platform, "flavor": self.flavor,
+                           "requestedAt": self.requested_at})
+
+    @classmethod
+    def from_json(cls, body: str | bytes) -> ExportRequest:
+        """The request in ``body``, or :class:`BadMessage` saying what is wrong with it."""
+        d = load_object(body, "export request")
+        platform, flavor = d.get("platform"), d.get("flavor") or ""
+        if not isinstance(platform, str) or platform not in EXPORT_FLAVORS:
+            raise BadMessage(f"platform must be one of {tuple(EXPORT_FLAVORS)}")
+        if not isinstance(flavor, str) or flavor not in EXPORT_FLAVORS[platform]:
+            raise BadMessage(f"{platform} flavor must be one of {EXPORT_FLAVORS[platform]}")
+        if platform == "ONNX" and not flavor:
+            raise BadMessage("the plain ONNX export needs no conversion")
+        return cls(guid(d.get("projectId"), "projectId"), guid(d.get("iterationId"), "iterationId"),
+                   platform, flavor, _timestamp(d.get("requestedAt")))
+
+    @classmethod
+    def from_queue(cls, content: str | bytes | None) -> ExportRequest:
+        return cls.from_json(decode_body(content))

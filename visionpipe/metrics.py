@@ -13,6 +13,13 @@ Conventions (one per tag, then overall):
   definition scikit-learn uses), threshold-free;
 - overall precision and recall pool the counts of all tags (micro average); overall average
   precision is the mean over tags that have test images.
+
+Spread (``precisionStdDeviation`` / ``recallStdDeviation``): for a small project the job also
+runs repeated k-fold cross-validation on its training images and keeps every fold's held-out
+predictions in metrics.json (``crossValidationRuns``); :func:`with_spread` computes each fold's
+precision and recall at the threshold and reports their mean and sample standard deviation
+(ddof 1) beside the test-split figures. Without cross-validation the deviations are 0.0 and
+``crossValidation`` is absent. docs/training.md says the whole protocol.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from typing import Any
 import numpy as np
 
 DEFAULT_THRESHOLD = 0.5
+#: metrics.json's key for the cross-validation folds' raw predictions (beside ``predictions``)
+CROSS_VALIDATION_RUNS = "crossValidationRuns"
 
 
 def _as_arrays(labels: Any, probabilities: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -161,10 +170,81 @@ def recompute(metrics_json: Mapping[str, Any], threshold: float) -> dict[str, An
         next((t["name"] for t in metrics_json.get("perTag", []) if t["id"] == tag_id), tag_id)
         for tag_id in document["tagIds"]
     ]
-    return metrics_at_threshold(
+    metrics = metrics_at_threshold(
         labels, probs, document["tagIds"], names, threshold,
         train_images=int(metrics_json.get("trainImages", 0)),
     )
+    for key in ("validationImages", "split"):
+        if key in metrics_json:
+            metrics[key] = metrics_json[key]
+    return with_spread(metrics, metrics_json.get(CROSS_VALIDATION_RUNS), threshold)
+
+
+def cross_validation_document(runs: Sequence[Mapping[str, Any]], folds: int, repeats: int,
+                              epochs: int) -> dict[str, Any]:
+    """metrics.json's ``crossValidationRuns``: a :func:`predictions_document` per held-out
+    fold."""
+    return {"folds": int(folds), "repeats": int(repeats), "epochs": int(epochs),
+            "runs": [dict(r) for r in runs]}
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def spread(cross_validation: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    """Mean and standard deviation over the folds of ``cross_validation`` at ``threshold``:
+    overall and per tag id, plus how many folds and images it rests on."""
+    runs = [r for r in cross_validation.get("runs", []) if r.get("samples")]
+    per_fold = []
+    for run in runs:
+        labels, probs = arrays_from_predictions(run)
+        ids = list(run["tagIds"])
+        per_fold.append(metrics_at_threshold(labels, probs, ids, ids, threshold))
+    tag_ids = list(runs[0]["tagIds"]) if runs else []
+
+    def stat(values: list[float]) -> dict[str, float]:
+        return {"mean": float(np.mean(values)) if values else 0.0, "std": _std(values)}
+
+    per_tag = {}
+    for j, tag_id in enumerate(tag_ids):
+        with_images = [m["perTag"][j] for m in per_fold if m["perTag"][j]["count"]]
+        per_tag[tag_id] = {
+            "precision": stat([t["precision"] for t in with_images]),
+            "recall": stat([t["recall"] for t in with_images]),
+        }
+    return {
+        "folds": int(cross_validation.get("folds", 0)),
+        "repeats": int(cross_validation.get("repeats", 0)),
+        "epochs": int(cross_validation.get("epochs", 0)),
+        "runs": len(per_fold),
+        "images": sum(m["testImages"] for m in per_fold),
+        "precision": stat([m["precision"] for m in per_fold]),
+        "recall": stat([m["recall"] for m in per_fold]),
+        "averagePrecision": stat([m["averagePrecision"] for m in per_fold]),
+        "perTag": per_tag,
+    }
+
+
+def with_spread(metrics: dict[str, Any], cross_validation: Mapping[str, Any] | None,
+                threshold: float) -> dict[str, Any]:
+    """``metrics`` with ``precisionStdDeviation``/``recallStdDeviation`` (overall and per tag)
+    from the cross-validation folds (0.0 without any), and their summary as
+    ``crossValidation``."""
+    out = dict(metrics)
+    summary = spread(cross_validation, threshold) if cross_validation else None
+    out["precisionStdDeviation"] = summary["precision"]["std"] if summary else 0.0
+    out["recallStdDeviation"] = summary["recall"]["std"] if summary else 0.0
+    tags = []
+    for tag in metrics.get("perTag", []):
+        folds = (summary or {}).get("perTag", {}).get(tag["id"])
+        tags.append({**tag,
+                     "precisionStdDeviation": folds["precision"]["std"] if folds else 0.0,
+                     "recallStdDeviation": folds["recall"]["std"] if folds else 0.0})
+    out["perTag"] = tags
+    if summary is not None:
+        out["crossValidation"] = {k: v for k, v in summary.items() if k != "perTag"}
+    return out
 
 
 def confusion_matrix(true_index: Any, predicted_index: Any, n: int) -> np.ndarray:

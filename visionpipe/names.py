@@ -1,4 +1,6 @@
-"""Names that are a contract with the infrastructure (DESIGN.md §2, §8).
+"""Names that are a contract with the infrastructure (docs/ARCHITECTURE.md,
+"Storage layout (one storage account)", and docs/ARCHITECTURE.md,
+"Cloud (infra/, Bicep, azd-compatible)").
 
 Containers, queues, tables, function names and setting names are written here once. The Bicep in
 ``infra/`` and the tests read them from here, so a rename that misses one side fails a test.
@@ -6,7 +8,7 @@ Containers, queues, tables, function names and setting names are written here on
 
 from __future__ import annotations
 
-# Blob containers (DESIGN §2)
+# Blob containers
 TRAINING_IMAGES = "training-images"
 PREDICT_IMAGES = "predict-images"
 PREDICTIONS = "predictions"
@@ -14,6 +16,9 @@ QUARANTINE = "quarantine"
 MODELS = "models"
 DATASETS = "datasets"
 DEADLETTER = "deadletter"
+# The pictures of stored predictions (HTTP prediction, quick test, drop folder) and their
+# thumbnails, kept PREDICTION_IMAGE_RETENTION_DAYS (a lifecycle rule deletes them in Azure).
+PREDICTION_IMAGES = "prediction-images"
 CONTAINERS: tuple[str, ...] = (
     TRAINING_IMAGES,
     PREDICT_IMAGES,
@@ -22,33 +27,46 @@ CONTAINERS: tuple[str, ...] = (
     MODELS,
     DATASETS,
     DEADLETTER,
+    PREDICTION_IMAGES,
 )
 DROP_CONTAINERS: tuple[str, ...] = (TRAINING_IMAGES, PREDICT_IMAGES)
 
-# Queues (DESIGN §2); the runtime adds "-poison" to a queue whose messages keep failing.
+# Queues; the runtime adds "-poison" to a queue whose messages keep failing.
 TRAINING_REQUESTS = "training-requests"
 TRAINING_EVENTS = "training-events"
+# Export conversions (platforms other than plain ONNX) for the training job's export worker.
+EXPORT_REQUESTS = "export-requests"
 POISON_SUFFIX = "-poison"
 QUEUES: tuple[str, ...] = (
     TRAINING_REQUESTS,
     TRAINING_REQUESTS + POISON_SUFFIX,
     TRAINING_EVENTS,
     TRAINING_EVENTS + POISON_SUFFIX,
+    EXPORT_REQUESTS,
+    EXPORT_REQUESTS + POISON_SUFFIX,
 )
 
-# Tables (DESIGN §2)
+# Tables
 PROJECTS_TABLE = "projects"
 TAGS_TABLE = "tags"
 IMAGES_TABLE = "images"
 ITERATIONS_TABLE = "iterations"
 PREDICTIONS_TABLE = "predictions"
+# One row per requested export: PartitionKey projectId, RowKey "{iterationId}|{platform}|{flavor}".
+EXPORTS_TABLE = "exports"
 TABLES: tuple[str, ...] = (
     PROJECTS_TABLE,
     TAGS_TABLE,
     IMAGES_TABLE,
     ITERATIONS_TABLE,
     PREDICTIONS_TABLE,
+    EXPORTS_TABLE,
 )
+# Lifecycle events (visionpipe.pipeline.lifecycle_events) when no Event Grid topic is set: the
+# local stand-in for the topic, read by `visionpipe events` and the tests. Not in TABLES: Azure
+# sends to the topic and never needs it; it is created on first use. Like the topic's deliveries,
+# it is a log: deleting a project does not recall the events already sent about it.
+LIFECYCLE_EVENTS_TABLE = "lifecycleevents"
 
 # Function names: Event Grid subscriptions point at these (AzureFunction endpoint / webhook
 # `functionName=`), so they are part of the infra contract too.
@@ -78,6 +96,13 @@ SETTING_KEY_VAULT_URI = "KEY_VAULT_URI"
 # Key Vault secret names behind the TRAINING_KEY / PREDICTION_KEY Key Vault references.
 TRAINING_KEY_SECRET = "training-key"
 PREDICTION_KEY_SECRET = "prediction-key"
+# With KEY_VAULT_URI set, the keys are read from Key Vault and cached this long; a rotated-out
+# key keeps working for the grace period (visionpipe.api.auth).
+SETTING_KEY_CACHE_TTL_SECONDS = "KEY_CACHE_TTL_SECONDS"
+SETTING_KEY_ROTATION_GRACE_SECONDS = "KEY_ROTATION_GRACE_SECONDS"
+# Lifecycle events go to this Event Grid custom topic (managed identity) when set, else to
+# LIFECYCLE_EVENTS_TABLE.
+SETTING_EVENT_GRID_TOPIC_ENDPOINT = "EVENT_GRID_TOPIC_ENDPOINT"
 SETTING_AUTO_CREATE_PROJECTS = "AUTO_CREATE_PROJECTS"
 SETTING_UPSCALE_SMALL_IMAGES = "UPSCALE_SMALL_IMAGES"
 SETTING_MAX_TRAINING_IMAGE_BYTES = "MAX_TRAINING_IMAGE_BYTES"
@@ -102,6 +127,8 @@ SETTING_STORAGE_RETRY_BACKOFF_SECONDS = "STORAGE_RETRY_BACKOFF_SECONDS"
 SETTING_STORAGE_CONNECT_TIMEOUT_SECONDS = "STORAGE_CONNECT_TIMEOUT_SECONDS"
 SETTING_STORAGE_READ_TIMEOUT_SECONDS = "STORAGE_READ_TIMEOUT_SECONDS"
 SETTING_HEALTH_TIMEOUT_SECONDS = "HEALTH_TIMEOUT_SECONDS"
+# Days the picture of a stored prediction is kept (the Bicep's lifecycle rule uses the same number).
+SETTING_PREDICTION_IMAGE_RETENTION_DAYS = "PREDICTION_IMAGE_RETENTION_DAYS"
 # The training-events function publishes a better iteration by itself when this is on.
 SETTING_AUTO_PUBLISH = "AUTO_PUBLISH"
 SETTING_AUTO_PUBLISH_NAME = "AUTO_PUBLISH_NAME"
@@ -116,6 +143,8 @@ SETTING_DECODE_CONCURRENCY = "DECODE_CONCURRENCY"
 
 # The training job's container command (training_job/Dockerfile ENTRYPOINT + Container Apps Job).
 TRAINING_JOB_MODULE = "training_job"
+# The export job's command (same image, a second Container Apps Job on export-requests).
+EXPORT_WORKER_MODULE = "training_job.export_worker"
 
 APP_SETTINGS: tuple[str, ...] = (
     SETTING_TRAINING_KEY,

@@ -1,7 +1,8 @@
 """Why an input was refused: one machine-readable reason code and one human message.
 
-Reason codes are a public contract (DESIGN §3): they appear in quarantine ``.reason.json`` files,
-in prediction error results and in the API's per-image statuses.
+Reason codes are a public contract (docs/ARCHITECTURE.md, "Image rules"): they appear in
+quarantine ``.reason.json`` files, in prediction error results and in the API's per-image
+statuses.
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ class Reason(StrEnum):
     TOO_SMALL = "too_small"  # a side under the minimum
     DIMENSIONS_TOO_LARGE = "dimensions_too_large"  # a side over the maximum
     BAD_ASPECT_RATIO = "bad_aspect_ratio"
-    # where and how it arrived (visionpipe.ingest)
+    # where and how it arrived (visionpipe.pipeline.ingest)
     BAD_PATH = "bad_path"
     CONFLICTING_TAG = "conflicting_tag"
     UNKNOWN_PROJECT = "unknown_project"
-    # prediction drop folder (visionpipe.predict)
+    # prediction drop folder (visionpipe.pipeline.drop_predict)
     NO_PUBLISHED_ITERATION = "no_published_iteration"
     MODEL_UNAVAILABLE = "model_unavailable"
+    # box annotations (visionpipe.annotations)
+    BAD_ANNOTATION = "bad_annotation"  # unreadable, malformed, hostile or inconsistent
+    BOX_OUT_OF_BOUNDS = "box_out_of_bounds"  # a box outside the image, infinite or huge
+    UNKNOWN_IMAGE = "unknown_image"  # refers to an image the file does not declare
+    TOO_MANY_REGIONS = "too_many_regions"  # over 300 regions on one image
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ first. Every setting name comes from :mod:`visionpipe.names`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TypedDict
@@ -121,7 +121,8 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """DESIGN §3 limits for one path (training or prediction)."""
+    """The image limits (docs/ARCHITECTURE.md, "Image rules (both paths)") of one path
+    (training or prediction)."""
 
     max_bytes: int
     min_side: int = 256
@@ -210,9 +211,20 @@ class Settings:
     # image URIs are built on it. None: the request's own Host (local runs only; in Azure the
     # Bicep sets it, so a forged Host header cannot redirect a link).
     public_base_url: str | None = None
+    # Days a stored prediction's picture is kept (a lifecycle rule deletes it in Azure); older
+    # stored predictions are answered without image URIs.
+    prediction_image_retention_days: int = 30
     auto_publish: bool = False
     auto_publish_name: str = "latest"
     serving: ServingConfig = field(default_factory=ServingConfig)
+    # Lifecycle events: an Event Grid custom topic endpoint (managed identity), or None for the
+    # local table (visionpipe.pipeline.lifecycle_events).
+    event_grid_topic_endpoint: str | None = None
+    # Keys from Key Vault (visionpipe.api.auth) when set; cached for the TTL, and a rotated-out
+    # key is still accepted for the grace period while clients switch.
+    key_vault_uri: str | None = None
+    key_cache_ttl_seconds: float = 300.0
+    key_rotation_grace_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -256,10 +268,19 @@ class Settings:
             ),
             public_base_url=(env.get(names.SETTING_PUBLIC_BASE_URL) or "").strip().rstrip("/")
             or None,
+            prediction_image_retention_days=max(
+                1, _int(env.get(names.SETTING_PREDICTION_IMAGE_RETENTION_DAYS), 30)),
             auto_publish=_flag(env.get(names.SETTING_AUTO_PUBLISH), False),
             auto_publish_name=(env.get(names.SETTING_AUTO_PUBLISH_NAME) or "").strip()
             or "latest",
             serving=ServingConfig.from_env(env),
+            event_grid_topic_endpoint=(env.get(names.SETTING_EVENT_GRID_TOPIC_ENDPOINT) or ""
+                                       ).strip() or None,
+            key_vault_uri=(env.get(names.SETTING_KEY_VAULT_URI) or "").strip() or None,
+            key_cache_ttl_seconds=max(
+                0.0, float(env.get(names.SETTING_KEY_CACHE_TTL_SECONDS) or 300.0)),
+            key_rotation_grace_seconds=max(
+                0.0, float(env.get(names.SETTING_KEY_ROTATION_GRACE_SECONDS) or 3600.0)),
         )
 
 
@@ -269,9 +290,18 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
+_reset_hooks: list[Callable[[], None]] = []
+
+
+def on_reset(hook: Callable[[], None]) -> None:
+    """Run ``hook`` whenever settings are reset: modules that cache something built from settings
+    (the storage clients) register here, so this module never imports them (settings sits below
+    storage in the layers of docs/ARCHITECTURE.md, "Where code lives")."""
+    _reset_hooks.append(hook)
+
+
 def reset_settings() -> None:
     """Forget cached settings and clients (tests and the local host change the environment)."""
     get_settings.cache_clear()
-    from visionpipe import storage
-
-    storage.get_storage.cache_clear()
+    for hook in _reset_hooks:
+        hook()

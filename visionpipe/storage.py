@@ -21,7 +21,7 @@ from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from visionpipe import names
-from visionpipe.settings import StorageSettings, get_settings
+from visionpipe.settings import StorageSettings, get_settings, on_reset
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
@@ -184,3 +184,7 @@ class Storage:
 def get_storage() -> Storage:
     """The process's storage clients, created on first use."""
     return Storage(get_settings().storage)
+
+
+
+on_reset(get_storage.cache_clear)

@@ -1,4 +1,4 @@
-"""Image validation (DESIGN §3): accept an image, or say exactly why not.
+"""Image validation (ARCHITECTURE.md, "Image rules"): accept an image, or say exactly why not.
 
 Cheapest checks first, so hostile or broken input costs as little as possible: byte count, magic
 bytes, then the header only (Pillow restricted to the one sniffed format), the pixel budget before

@@ -1,5 +1,5 @@
 // Container Apps environment (serverless GPU workload profile) and the training Job
-// (DESIGN.md §1): event-triggered by an azure-queue scale rule on training-requests that
+// (ARCHITECTURE.md, "The flow"): event-triggered by an azure-queue scale rule on training-requests that
 // authenticates with the job's managed identity; one message per execution
 // (`python -m training_job --once`), zero executions and zero cost while the queue is empty.
 
@@ -273,6 +273,113 @@ resource trainingJob 'Microsoft.App/jobs@2025-01-01' = {
   }
 }
 
+// The export job: the same image, CPU only (Consumption profile), one export-requests message per
+// execution (`python -m training_job.export_worker --once`): conversions and their parity checks.
+var exportEnv = [
+  {
+    name: '${storagePrefix}__accountName'
+    value: storage.name
+  }
+  {
+    name: '${storagePrefix}__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: '${storagePrefix}__clientId'
+    value: identityClientId
+  }
+  {
+    name: '${storagePrefix}__blobServiceUri'
+    value: storage.properties.primaryEndpoints.blob
+  }
+  {
+    name: '${storagePrefix}__queueServiceUri'
+    value: storage.properties.primaryEndpoints.queue
+  }
+  {
+    name: '${storagePrefix}__tableServiceUri'
+    value: storage.properties.primaryEndpoints.table
+  }
+  {
+    name: 'AZURE_CLIENT_ID'
+    value: identityClientId
+  }
+  {
+    name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+    value: applicationInsightsConnectionString
+  }
+]
+
+resource exportJob 'Microsoft.App/jobs@2025-01-01' = {
+  name: '${take(jobName, 25)}-export'
+  location: location
+  tags: tags
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    environmentId: environment.id
+    workloadProfileName: 'Consumption'
+    configuration: {
+      triggerType: 'Event'
+      replicaTimeout: 1800
+      replicaRetryLimit: replicaRetryLimit
+      registries: [
+        {
+          server: registryLoginServer
+          identity: identityId
+        }
+      ]
+      eventTriggerConfig: {
+        parallelism: 1
+        replicaCompletionCount: 1
+        scale: {
+          minExecutions: 0
+          maxExecutions: maxExecutions
+          pollingInterval: pollingInterval
+          rules: [
+            {
+              name: names.EXPORT_REQUESTS
+              type: 'azure-queue'
+              metadata: {
+                accountName: storage.name
+                queueName: names.EXPORT_REQUESTS
+                queueLength: '1'
+              }
+              identity: identityId
+            }
+          ]
+        }
+      }
+    }
+    template: {
+      containers: [
+        {
+          name: 'export'
+          image: image
+          command: [
+            'python'
+            '-m'
+            names.EXPORT_WORKER_MODULE
+          ]
+          args: [
+            '--once'
+          ]
+          resources: {
+            cpu: 2
+            memory: '4Gi'
+          }
+          env: exportEnv
+        }
+      ]
+    }
+  }
+}
+
 output environmentName string = environment.name
 output jobName string = trainingJob.name
 output jobId string = trainingJob.id
+output exportJobName string = exportJob.name

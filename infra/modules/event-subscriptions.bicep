@@ -7,7 +7,7 @@
 
 var names = loadJsonContent('../names.json')
 
-// Retry and time-to-live of DESIGN.md §8; undeliverable events go to the dead-letter container.
+// Retry and time-to-live of ARCHITECTURE.md, "Cloud"; undeliverable events go to the dead-letter container.
 var maxDeliveryAttempts = 30
 var eventTimeToLiveInMinutes = 1440
 

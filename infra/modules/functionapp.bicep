@@ -1,4 +1,4 @@
-// The Function app (DESIGN.md §1): Flex Consumption (scales to zero), Python, one user-assigned
+// The Function app (ARCHITECTURE.md, "The flow"): Flex Consumption (scales to zero), Python, one user-assigned
 // identity for everything — the host storage (AzureWebJobsStorage__*), the app's storage
 // connection (VISIONPIPE_STORAGE__*), the deployment container and Key Vault references.
 // Setting names come from ../names.json, the mirror of visionpipe/names.py.
@@ -77,6 +77,13 @@ param minImageSide int = 256
 
 @description('MAX_IMAGE_PIXELS setting.')
 param maxImagePixels int = 64000000
+
+@description('Lifecycle events topic (modules/eventgrid-topic.bicep); empty: no events sent.')
+param eventGridTopicEndpoint string = ''
+
+@minValue(1)
+@description('PREDICTION_IMAGE_RETENTION_DAYS: days the picture of a stored prediction is kept (equal to the storage lifecycle rule).')
+param predictionImageRetentionDays int = 30
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -185,6 +192,14 @@ var appSettings = [
   {
     name: names.SETTING_PUBLIC_BASE_URL
     value: 'https://${name}.azurewebsites.net'
+  }
+  {
+    name: names.SETTING_EVENT_GRID_TOPIC_ENDPOINT
+    value: eventGridTopicEndpoint
+  }
+  {
+    name: names.SETTING_PREDICTION_IMAGE_RETENTION_DAYS
+    value: string(predictionImageRetentionDays)
   }
 ]
 

@@ -1,4 +1,4 @@
-// Key Vault for the two API keys (DESIGN.md §6). RBAC authorization only (no access policies),
+// Key Vault for the two API keys (ARCHITECTURE.md, "HTTP API"). RBAC authorization only (no access policies),
 // soft delete and purge protection on. The keys arrive as secure parameters, generated once per
 // environment (scripts/generate_keys.sh, run by the azd preprovision hook); none is ever written
 // in the repository.
@@ -30,7 +30,7 @@ param logAnalyticsWorkspaceId string
 @description('Days a deleted vault or secret stays recoverable (purge protection keeps the name reserved as long).')
 param softDeleteRetentionInDays int = 7
 
-// The secret names the app and the job read (DESIGN.md §6), from the names contract.
+// The secret names the app and the job read (ARCHITECTURE.md, "HTTP API"), from the names contract.
 var names = loadJsonContent('../names.json')
 var trainingKeySecretName = names.TRAINING_KEY_SECRET
 var predictionKeySecretName = names.PREDICTION_KEY_SECRET

@@ -1,6 +1,7 @@
-// The one storage account of DESIGN.md §2: containers, queues (with their poison queues) and
-// tables, all named in ../names.json (the mirror of visionpipe/names.py). Shared-key access is
-// off: every client (Function app, training job, Event Grid, the deploying user) uses Entra ID.
+// The one storage account (docs/ARCHITECTURE.md, "Storage layout (one storage account)"):
+// containers, queues (with their poison queues) and tables, all named in ../names.json (the
+// mirror of visionpipe/names.py). Shared-key access is off: every client (Function app, training
+// job, Event Grid, the deploying user) uses Entra ID.
 
 var names = loadJsonContent('../names.json')
 
@@ -25,6 +26,11 @@ param deploymentContainerName string
 @maxValue(365)
 @description('Days a deleted blob or container can be restored.')
 param blobSoftDeleteDays int = 7
+
+@minValue(1)
+@maxValue(3650)
+@description('Days the picture of a stored prediction is kept in the prediction-images container (the app setting PREDICTION_IMAGE_RETENTION_DAYS should say the same).')
+param predictionImageRetentionDays int = 30
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   //checkov:skip=CKV_AZURE_35:No VNet in the default deployment: Flex Consumption, Container Apps and Event Grid reach the account over its public endpoint; shared keys are off, so every request needs an Entra ID token with a data role.
@@ -74,6 +80,41 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
     publicAccess: 'None'
   }
 }]
+
+// Stored predictions keep their picture for predictionImageRetentionDays, then it is deleted (the
+// prediction row stays; its image URIs are no longer given).
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'delete-old-prediction-images'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${names.PREDICTION_IMAGES}/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterCreationGreaterThan: predictionImageRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+}
 
 resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService

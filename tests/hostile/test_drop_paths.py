@@ -29,16 +29,14 @@ from tests.conftest import TEST_TRAINING_KEY
 from tests.drops import typed, upload
 from visionpipe import names
 from visionpipe.blob_names import escape_name, name_digest, unsafe_reason
-from visionpipe.events import BlobCreated, parse_blob_created
-from visionpipe.ingest import Outcome, ingest_training_blob
-from visionpipe.label_store import Project
 from visionpipe.local.azurite import Azurite
 from visionpipe.local.bridge import LOCAL_TOPIC
 from visionpipe.local.samples import make_image
-from visionpipe.predict import DropFolderPredictor, DropOutcome
-from visionpipe.quarantine import REASON_SUFFIX, UNREADABLE, digest_path
+from visionpipe.pipeline.drop_predict import DropFolderPredictor, DropOutcome
+from visionpipe.pipeline.events import BlobCreated, parse_blob_created
+from visionpipe.pipeline.ingest import Outcome, ingest_training_blob
 from visionpipe.rejections import Reason
-from visionpipe.serving import reset_serving
+from visionpipe.serving.core import reset_serving
 from visionpipe.settings import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -47,6 +45,8 @@ from visionpipe.settings import (
     reset_settings,
 )
 from visionpipe.storage import Storage, get_storage
+from visionpipe.stores.label_store import Project
+from visionpipe.stores.quarantine import REASON_SUFFIX, UNREADABLE, digest_path
 
 DROPS = (names.TRAINING_IMAGES, names.PREDICT_IMAGES)
 AUTH_KINDS = ("shared_key", "sas")

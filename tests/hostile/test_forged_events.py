@@ -16,11 +16,11 @@ from azure.functions.queue import QueueMessage
 
 from functions.training_events import on_training_event
 from tests.model_factory import build_color_model, overall, register_color_iteration
-from visionpipe.label_store import LabelStore, Project
 from visionpipe.manifest import MANIFEST_FILE, MODEL_FILE
 from visionpipe.messages import TRAINING_COMPLETED, TRAINING_FAILED, TrainingEvent
-from visionpipe.publishing import SETTING_AUTO_PUBLISH, SETTING_AUTO_PUBLISH_NAME
-from visionpipe.registry import Iteration, IterationStatus, Registry
+from visionpipe.pipeline.publishing import SETTING_AUTO_PUBLISH, SETTING_AUTO_PUBLISH_NAME
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.registry import Iteration, IterationStatus, Registry
 
 
 @pytest.fixture(autouse=True)

@@ -23,10 +23,10 @@ from tests.conftest import TEST_PREDICTION_KEY
 from tests.model_factory import color_image
 from visionpipe import imaging
 from visionpipe.imaging import open_oriented
-from visionpipe.label_store import Project
 from visionpipe.preprocessing import PreprocessingSpec, crop_picture, resize_crop_fast
-from visionpipe.registry import Iteration
 from visionpipe.settings import DEFAULT_DECODE_CONCURRENCY, MB, ImageLimits
+from visionpipe.stores.label_store import Project
+from visionpipe.stores.registry import Iteration
 from visionpipe.validation import DecodedImage, decode_valid_image
 
 PREDICTION = ImageLimits(max_bytes=4 * MB, max_decoded_pixels=4096 * 4096)

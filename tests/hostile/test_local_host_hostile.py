@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import TEST_PREDICTION_KEY
-from visionpipe.label_store import Project
 from visionpipe.local.host import MULTIPART_SLACK_BYTES
-from visionpipe.registry import Iteration
 from visionpipe.settings import get_settings
+from visionpipe.stores.label_store import Project
+from visionpipe.stores.registry import Iteration
 
 #: A host that answers waits at most this long; one that hangs fails the test instead.
 ANSWER_SECONDS = 10.0

@@ -21,10 +21,10 @@ import pytest
 
 from training_job.worker import PARKED_SUFFIX, Outcome, Worker, WorkerOptions
 from visionpipe import names
-from visionpipe.label_store import Project
 from visionpipe.messages import TrainingRequest
-from visionpipe.registry import IterationStatus, Registry
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import Project
+from visionpipe.stores.registry import IterationStatus, Registry
 
 DEADLINE = 20.0  # seconds; the old worker looped for minutes
 

@@ -24,19 +24,24 @@ import pytest
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
 from visionpipe import names
-from visionpipe.label_store import ImageFacts, LabelStore, Project, name_key
-from visionpipe.prediction_store import (
+from visionpipe.pipeline.publishing import publish, unpublish
+from visionpipe.rejections import Reason, Rejection
+from visionpipe.settings import reset_settings
+from visionpipe.storage import Storage
+from visionpipe.stores.label_store import ImageFacts, LabelStore, Project, name_key
+from visionpipe.stores.prediction_store import (
     SOURCE_API,
     PredictionStore,
     StoredPrediction,
     TagProbability,
 )
-from visionpipe.publishing import publish, unpublish
-from visionpipe.quarantine import REASON_SUFFIX, digest_path, quarantine_blob, record_unsafe_name
-from visionpipe.registry import IterationStatus, Registry
-from visionpipe.rejections import Reason, Rejection
-from visionpipe.settings import reset_settings
-from visionpipe.storage import Storage
+from visionpipe.stores.quarantine import (
+    REASON_SUFFIX,
+    digest_path,
+    quarantine_blob,
+    record_unsafe_name,
+)
+from visionpipe.stores.registry import IterationStatus, Registry
 
 KEY = {"Training-Key": TEST_TRAINING_KEY}
 ROUNDS = 5

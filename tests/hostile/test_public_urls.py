@@ -14,8 +14,8 @@ import pytest
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image
 from visionpipe import names
-from visionpipe.label_store import Project
-from visionpipe.registry import Iteration
+from visionpipe.stores.label_store import Project
+from visionpipe.stores.registry import Iteration
 
 PUBLIC = "https://visionpipe-test.azurewebsites.net"
 EVIL = "evil.example"

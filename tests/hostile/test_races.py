@@ -24,10 +24,10 @@ import pytest
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image
 from visionpipe import names
-from visionpipe.label_store import ImageFacts, LabelStore, NameTaken, Project, image_id
-from visionpipe.registry import IterationStatus, Registry, TrainingInProgress
 from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import ImageFacts, LabelStore, NameTaken, Project, image_id
+from visionpipe.stores.registry import IterationStatus, Registry, TrainingInProgress
 
 KEY = {"Training-Key": TEST_TRAINING_KEY}
 ROUNDS = 5  # every race is run this many times

@@ -1,5 +1,6 @@
-"""Hostile URLs against every route that fetches one (``images/urls``, ``quicktest/url``), over
-real HTTP to the local host, with a real HTTP server on 127.0.0.1 as the would-be victim:
+"""Hostile URLs against every route that fetches one (``images/urls``, ``quicktest/url``,
+``classify/.../url``), over real HTTP to the local host, with a real HTTP server on 127.0.0.1 as
+the would-be victim:
 
 - private, loopback, link-local and disguised addresses are refused without a single request
   reaching the victim;
@@ -21,13 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TEST_TRAINING_KEY
+from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
 from tests.model_factory import color_image
 from visionpipe import names
-from visionpipe.label_store import Project
+from visionpipe.api.url_fetch import UNREACHABLE
 from visionpipe.local.azurite import free_port
-from visionpipe.registry import Iteration
-from visionpipe.url_fetch import UNREACHABLE
+from visionpipe.stores.label_store import Project
+from visionpipe.stores.registry import Iteration
 
 HEADERS = {"Training-Key": TEST_TRAINING_KEY}
 IMAGE = color_image("red")
@@ -127,9 +128,16 @@ def refusal(route: str, response: httpx.Response) -> str:
     return str(body["message"])
 
 
+def classify_url(base: str, project_id: str, url: str, timeout: float = 30) -> httpx.Response:
+    return httpx.post(f"{base}/customvision/v3.1/prediction/{project_id}/classify/iterations/"
+                      "prod/url/nostore", json={"url": url},
+                      headers={"Prediction-Key": TEST_PREDICTION_KEY}, timeout=timeout)
+
+
 ROUTES: dict[str, Callable[..., httpx.Response]] = {
     "images/urls": images_urls,
     "quicktest/url": quicktest_url,
+    "classify/url": classify_url,
 }
 
 # {port} is the victim's port: each of these reaches it if the guard lets it through.
@@ -170,7 +178,7 @@ def test_allowed_network_is_fetched(
     app_setting(names.SETTING_URL_FETCH_ALLOWED_NETWORKS, "127.0.0.0/8")
     response = ROUTES[route](local_host, project.id, victim.url("/ok.jpg"))
     assert response.status_code == 200, response.text
-    if route == "quicktest/url":
+    if route in ("quicktest/url", "classify/url"):
         assert response.json()["predictions"][0]["tagName"] == "red"
     else:
         assert response.json()["images"][0]["status"] == "OK"

@@ -22,16 +22,16 @@ from azure.storage.blob import AccountSasPermissions, ContentSettings
 from tests.conftest import TEST_TRAINING_KEY
 from tests.hostile.test_drop_paths import sas_connection_string
 from visionpipe import names
-from visionpipe.api_images import Context, Upload, blob_path, create_images
-from visionpipe.api_models import ImageStatus
-from visionpipe.ingest import API_TAGS_METADATA, API_UPLOAD_MARKER, UNTAGGED_FOLDER
-from visionpipe.label_store import MULTILABEL, ImageFacts, LabelStore, Project, Tag, image_id
+from visionpipe.api.images import Context, Upload, blob_path, create_images
+from visionpipe.api.models import ImageStatus
 from visionpipe.local.azurite import Azurite
 from visionpipe.local.bridge import blob_created_event
 from visionpipe.local.samples import make_image
+from visionpipe.pipeline.ingest import API_TAGS_METADATA, API_UPLOAD_MARKER, UNTAGGED_FOLDER
 from visionpipe.rejections import Rejection
 from visionpipe.settings import StorageSettings, get_settings
 from visionpipe.storage import Storage
+from visionpipe.stores.label_store import MULTILABEL, ImageFacts, LabelStore, Project, Tag, image_id
 from visionpipe.validation import validate_image
 
 HEADERS = {"Training-Key": TEST_TRAINING_KEY}
@@ -115,8 +115,9 @@ def test_a_failed_record_write_keeps_the_bytes_and_ingest_records_them(
     data = make_image("circle", 71)
     tag_ids = tuple(t.id for t in two_tags)
     ctx = Context(storage, LabelStore(read_only_tables), get_settings().training_limits)
-    summary, code = create_images(ctx, multilabel.id, [Upload(data, tag_ids)])
-    assert code == 207
+    answer = create_images(ctx, multilabel.id, [Upload(data, tag_ids)])
+    summary = answer.body
+    assert answer.status == 207
     assert summary["images"][0]["status"] == ImageStatus.ERROR_STORAGE
     assert "Authorization" not in str(summary)  # no storage detail in the answer
 

@@ -3,7 +3,7 @@
 1. The drop folder: good pictures of a few tags plus deliberately bad files go into
    ``training-images`` exactly as a user would drop them; a table shows each file's fate
    (labelled, or quarantined with its reason).
-2. The command line (DESIGN §10), run as a user would type it: ``visionpipe upload`` a tag-folder
+2. The command line (docs/cli.md), run as a user would type it: ``visionpipe upload`` a tag-folder
    sample set under ``.local/demo-data/``, ``train``, ``status --watch``, ``metrics``, ``publish``,
    ``predict`` a held-back folder, ``quarantine``. Only HTTP, so the same loop works in Azure.
 """
@@ -26,10 +26,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from visionpipe import names
-from visionpipe.label_store import LabelStore
 from visionpipe.local.samples import bad_files, make_image
-from visionpipe.quarantine import REASON_SUFFIX, quarantine_path
 from visionpipe.storage import Storage, get_storage
+from visionpipe.stores.label_store import LabelStore
+from visionpipe.stores.quarantine import REASON_SUFFIX, quarantine_path
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -138,7 +138,7 @@ def write_cli_samples(root: Path, per_tag: int = 15, held_back: int = 3) -> tupl
 def visionpipe(console: Console, *args: str, capture: bool = False) -> str:
     """Run one ``visionpipe`` command as its own process, as a user would; stop on failure."""
     console.print(f"\n[bold cyan]$ visionpipe {shlex.join(args)}[/]")
-    done = subprocess.run([sys.executable, "-m", "visionpipe.cli", *args], text=True,
+    done = subprocess.run([sys.executable, "-m", "visionpipe.client.cli", *args], text=True,
                           stdout=subprocess.PIPE if capture else None)
     if done.returncode != 0:
         raise SystemExit(f"`visionpipe {shlex.join(args)}` failed (exit {done.returncode})")
@@ -155,7 +155,7 @@ def cli_loop(project: str, data: Path, training_timeout: float, console: Console
     watch = ["status", project, "--watch", "--iteration", started["id"]]
     console.print(f"\n[bold cyan]$ visionpipe {shlex.join(watch)}[/]")
     try:
-        subprocess.run([sys.executable, "-m", "visionpipe.cli", *watch], check=True,
+        subprocess.run([sys.executable, "-m", "visionpipe.client.cli", *watch], check=True,
                        timeout=training_timeout)
     except subprocess.TimeoutExpired as e:
         raise SystemExit(f"training did not finish within {training_timeout:.0f} s; is the "
@@ -189,6 +189,15 @@ def main(argv: list[str] | None = None) -> None:
         if not run(args.project, args.timeout, console):
             raise SystemExit("some files did not end as expected (see the table)")
     cli_loop(args.project, STATE / "demo-data", args.training_timeout, console)
+    console.print(portal_hint())
+
+
+def portal_hint() -> str:
+    """Where the browser portal is, and which key it asks for (named, never printed)."""
+    from visionpipe.local.stack import HOST_PORT
+
+    return (f"\n[bold]The portal:[/] http://127.0.0.1:{HOST_PORT}/portal/ (sign in with "
+            f"{names.SETTING_TRAINING_KEY} from local.settings.json)")
 
 
 if __name__ == "__main__":

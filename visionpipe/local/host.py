@@ -126,23 +126,28 @@ class HttpRoute:
     arg_name: str
     fn: Callable[..., Any]
     pattern: re.Pattern[str] = field(init=False)
-    literal_segments: int = field(init=False)
+    #: ASP.NET routing's inbound precedence, one digit per segment (lower wins, compared segment
+    #: by segment): 1 literal, 2 constrained parameter, 3 parameter, 4 constrained catch-all,
+    #: 5 catch-all. So ``a/b/{y}`` beats ``a/{x}/c`` and ``x/{*rest}`` loses to everything.
+    precedence: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        parts, literals = [], 0
+        parts, digits = [], []
         for segment in self.template.strip("/").split("/"):
-            m = re.fullmatch(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(?::[^}?]+)?(\??)\}", segment)
+            m = re.fullmatch(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(:[^}?]+)?(\??)\}", segment)
             if m is None:
                 parts.append("/" + re.escape(segment))
-                literals += 1
-            elif m.group(1):  # catch-all {*rest}
+                digits.append(1)
+                continue
+            digits.append((5 if m.group(1) else 3) - (1 if m.group(3) else 0))
+            if m.group(1):  # catch-all {*rest}
                 parts.append(f"(?:/(?P<{m.group(2)}>.*))?")
-            elif m.group(3):  # optional {name?}
+            elif m.group(4):  # optional {name?}
                 parts.append(f"(?:/(?P<{m.group(2)}>[^/]+))?")
             else:
                 parts.append(f"/(?P<{m.group(2)}>[^/]+)")
         self.pattern = re.compile("".join(parts) + "/?", re.IGNORECASE)
-        self.literal_segments = literals
+        self.precedence = tuple(digits)
 
     def match(self, path: str) -> dict[str, str] | None:
         m = self.pattern.fullmatch(path)
@@ -199,8 +204,9 @@ class LocalHost:
             else:
                 raise NotImplementedError(f"function {name}: trigger {kind!r} is not supported "
                                           "by the local host")
-        # ASP.NET-style precedence: more literal segments first.
-        self.routes.sort(key=lambda r: -r.literal_segments)
+        # ASP.NET routing's order, whatever the registration order: segment by segment, literals
+        # before parameters before catch-alls.
+        self.routes.sort(key=lambda r: r.precedence)
 
     # --- HTTP -----------------------------------------------------------------------------------
     def body_limit(self, path: str) -> tuple[int, str]:

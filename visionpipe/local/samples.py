@@ -3,7 +3,7 @@
 ``make_image`` draws class-distinct pictures (shape, texture and hue all differ per kind, position,
 scale and colour jitter per seed) that a tiny CNN learns in a few epochs; ``make_photo`` makes
 photo-like content (smooth gradients plus sensor-like noise) so codec timings are realistic;
-``bad_files`` and ``good_variants`` are the validation corpus (DESIGN §3).
+``bad_files`` and ``good_variants`` are the validation corpus (ARCHITECTURE.md, "Image rules").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``make up`` / ``make down``: the local stack as background processes (DESIGN §7).
+"""``make up`` / ``make down``: the local stack as background processes (ARCHITECTURE.md, "Local
+stack").
 
 Azurite, the local Functions host (127.0.0.1:7071), the Event Grid bridge and the training worker
 each run as their own process group, with logs and pids under ``.local/``. ``up`` returns once
@@ -106,6 +107,10 @@ def up(timeout: float = 90.0) -> None:
         extra = shlex.split(os.environ.get("VISIONPIPE_WORKER_ARGS", ""))
         running["worker"] = _spawn("worker", [python, "-m", "training_job", "--watch", *extra],
                                    env)
+    if "exporter" not in running and importlib.util.find_spec("onnxruntime") is not None:
+        # export-requests: conversions to other platforms (training_job.export_worker)
+        running["exporter"] = _spawn("exporter", [python, "-m", "training_job.export_worker",
+                                                  "--watch"], env)
     PIDS.write_text(json.dumps(running, indent=2))
 
     deadline = time.monotonic() + timeout

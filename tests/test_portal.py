@@ -1,0 +1,706 @@
+"""The browser portal (``/portal/``), served by the Function app through the real local host.
+
+Two halves:
+
+- HTTP: content types, the security headers on every answer, 404s in the error shape, and path
+  traversal in every spelling the two hosts could hand the route (raw, percent-encoded, doubly
+  encoded, backslashes), over a raw socket so no client normalises ``..`` away first;
+- the browser: Playwright drives Debian's headless Chromium against the local host and Azurite
+  through the portal's workflow (create a project, upload by picker, folder and drag and drop,
+  tag and untag, page, quarantine, queue a training, follow its progress and cancel it, read
+  the performance page and move its slider, quick test, add a prediction to the training set,
+  publish, export, delete), with axe-core on every page, a hostile tag name that must stay
+  text, and a screenshot of every page under ``.local/test-artifacts/portal/``.
+
+Chromium comes from apt (``.ci/run``); Playwright's own browser download cannot work offline.
+Without a ``chromium`` on PATH the browser tests skip and say so; the HTTP tests always run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+from functions import portal
+from tests.conftest import TEST_TRAINING_KEY
+from tests.drops import wait_for
+from tests.model_factory import color_image, register_color_iteration
+from visionpipe import names
+from visionpipe.local.samples import bad_files
+from visionpipe.manifest import METRICS_FILE
+from visionpipe.metrics import metrics_at_threshold, predictions_document
+from visionpipe.settings import reset_settings
+from visionpipe.storage import Storage
+from visionpipe.stores.label_store import ImageFacts, LabelStore, Project
+from visionpipe.stores.prediction_store import PredictionStore
+from visionpipe.stores.registry import Iteration, Registry
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / ".local" / "test-artifacts" / "portal"
+AXE = REPO / "node_modules" / "axe-core" / "axe.min.js"
+KEY = {"Training-Key": TEST_TRAINING_KEY}
+TRAINING = "/customvision/v3.4-preview/training"
+HOSTILE = "<img src=x onerror=alert(1)>"
+CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'")
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+def raw_get(base: str, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """One request with ``path`` sent exactly as written (no client-side dot removal)."""
+    address = urlsplit(base)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def test_binding_metadata() -> None:
+    trigger = portal.portal.build().get_trigger().get_dict_repr()
+    assert trigger["route"] == "portal/{*path}"
+    assert sorted(str(getattr(m, "value", m)) for m in trigger["methods"]) == ["GET", "HEAD"]
+
+
+@pytest.mark.parametrize(("path", "content_type", "marker"), [
+    ("/portal", "text/html; charset=utf-8", b"<title>visionpipe portal</title>"),
+    ("/portal/", "text/html; charset=utf-8", b"<title>visionpipe portal</title>"),
+    ("/portal/index.html", "text/html; charset=utf-8", b'src="/portal/js/app.js"'),
+    ("/portal/js/app.js", "text/javascript; charset=utf-8", b"hashchange"),
+    ("/portal/js/pages/images.js", "text/javascript; charset=utf-8", b"uploadImage"),
+    ("/portal/app.css", "text/css; charset=utf-8", b":focus-visible"),
+    ("/portal/favicon.svg", "image/svg+xml", b"<svg"),
+])
+def test_serves_files_with_types_and_security_headers(local_host: str, path: str,
+                                                      content_type: str, marker: bytes) -> None:
+    status, headers, body = raw_get(local_host, path)
+    assert status == 200, body[:200]
+    assert headers["content-type"] == content_type
+    assert headers["content-security-policy"] == CSP
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-cache"
+    assert marker in body
+    head_status, head_headers, head_body = raw_get(local_host, path, "HEAD")
+    assert head_status == 200 and head_body == b""
+    assert head_headers["content-security-policy"] == CSP
+
+
+@pytest.mark.parametrize("path", [
+    "/portal/../function_app.py",
+    "/portal/js/../../function_app.py",
+    "/portal/%2e%2e/function_app.py",
+    "/portal/%2E%2E%2Ffunction_app.py",
+    "/portal/..%2ffunction_app.py",
+    "/portal/%252e%252e%252ffunction_app.py",
+    "/portal/..%5cfunction_app.py",
+    "/portal/..\\function_app.py",
+    "/portal//etc/passwd",
+    "/portal/%2fetc%2fpasswd",
+    "/portal/js/%2e%2e/%2e%2e/host.json",
+    "/portal/../local.settings.json",
+    "/portal/index.html%00.js",
+    "/portal/.gitignore",
+    "/portal/js",
+    "/portal/nothing-here.js",
+    "/portal/INDEX.HTML",
+])
+def test_no_file_outside_the_index(local_host: str, path: str) -> None:
+    status, headers, body = raw_get(local_host, path)
+    assert status == 404, (path, body[:200])
+    assert json.loads(body) == {"code": "NotFound", "message": "no portal file at this address"}
+    assert headers["content-type"] == "application/json"
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_resolve_only_names_indexed_files(tmp_path: Path) -> None:
+    """The index holds regular files of served types only: no symlink, hidden file, other type
+    or anything reached through ``..`` (decoded, as Azure hands route values over)."""
+    root = tmp_path / "portal"
+    (root / "js").mkdir(parents=True)
+    (root / "index.html").write_text("<!doctype html>")
+    (root / "js" / "a.js").write_text("export {};")
+    (root / ".secret.js").write_text("no")
+    (root / "notes.txt").write_text("no")
+    outside = tmp_path / "outside.js"
+    outside.write_text("no")
+    (root / "js" / "link.js").symlink_to(outside)
+    assert set(portal.portal_files(root)) == {"index.html", "js/a.js"}
+    for wanted in ("../function_app.py", "js/../../function_app.py", "/etc/passwd",
+                   "..\\function_app.py", "%2e%2e/function_app.py"):
+        assert portal.resolve(wanted) is None, wanted
+    assert (REPO / "function_app.py").is_file()  # what the traversal aims at does exist
+    assert portal.resolve(None) == portal.resolve("/") == "index.html"
+    assert portal.resolve("js/app.js") == "js/app.js"
+
+
+def test_portal_holds_no_html_string_sinks() -> None:
+    """Rendering is by text nodes and properties (portal/js/dom.js): no module may assign
+    markup, write the document or evaluate strings, whatever the data."""
+    sinks = re.compile(r"\.innerHTML|\.outerHTML|insertAdjacentHTML|document\.write|\beval\(|"
+                       r"new Function\(|setTimeout\(\s*[\"'`]")
+    modules = sorted((REPO / "portal").rglob("*.js"))
+    assert len(modules) >= 9
+    offenders = {str(m.relative_to(REPO)): sinks.findall(m.read_text()) for m in modules}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert "<script>" not in (REPO / "portal" / "index.html").read_text()  # no inline script
+
+
+def test_deployment_ships_the_portal() -> None:
+    """``func azure functionapp publish`` leaves out what .funcignore names: not the portal."""
+    ignored = [line.strip().rstrip("/") for line in (REPO / ".funcignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert "portal" not in ignored and "functions" not in ignored
+    assert "js/app.js" in portal.portal_files()
+
+
+def test_demo_prints_the_portal_address() -> None:
+    from visionpipe.local.demo import portal_hint
+
+    hint = portal_hint()
+    assert "http://127.0.0.1:7071/portal/" in hint and "TRAINING_KEY" in hint
+    assert TEST_TRAINING_KEY not in hint
+
+
+# --- the browser --------------------------------------------------------------------------------
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def request_queue(storage: Storage) -> Iterator[str]:
+    """A training-requests queue of this module's own: a request the portal queues must not
+    reach a worker another test module runs against the shared Azurite."""
+    name = f"tr-portal-{uuid.uuid4().hex[:8]}"
+    storage.queues.create_queue(name)
+    saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
+    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = name
+    reset_settings()
+    yield name
+    if saved is None:
+        os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
+    else:
+        os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
+    reset_settings()
+    storage.queues.delete_queue(name)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("no `chromium` on PATH: install Debian's chromium package "
+                    "(apt-get install -y chromium; .ci/run does) to run the portal's browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+class Watched:
+    """A page plus what it did that a test must see: dialogs, CSP refusals, request URLs."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.dialogs: list[str] = []
+        self.csp_refusals: list[str] = []
+        self.console: list[str] = []
+        self.urls: list[str] = []
+        page.on("dialog", self._dialog)
+        page.on("console", self._console)
+        page.on("request", lambda r: self.urls.append(r.url))
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def _console(self, message: Any) -> None:
+        self.console.append(message.text)
+        if "Content Security Policy" in message.text:
+            self.csp_refusals.append(message.text)
+
+
+@pytest.fixture
+def page(browser: Any, local_host: str, request_queue: str) -> Iterator[Watched]:
+    context = browser.new_context(base_url=local_host, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    watched = Watched(context.new_page())
+    yield watched
+    context.close()
+    assert watched.dialogs == [], "the portal opened a dialog"
+    assert watched.csp_refusals == [], "the portal broke its own Content-Security-Policy"
+    assert not [u for u in watched.urls if TEST_TRAINING_KEY in u], "the key went into a URL"
+    assert not [m for m in watched.console if TEST_TRAINING_KEY in m], "the key was logged"
+    # the portal talks to its own files, the Custom Vision API and /visionpipe/v1, nothing else
+    allowed = tuple(local_host + prefix
+                    for prefix in ("/portal", "/customvision/", "/visionpipe/v1/"))
+    elsewhere = [u for u in watched.urls if not u.startswith((*allowed, "blob:", "data:"))]
+    assert elsewhere == [], "the portal asked for something else"
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def sign_in(watched: Watched, key: str = TEST_TRAINING_KEY) -> None:
+    page = watched.page
+    page.goto("/portal/")
+    page.get_by_label("Training key", exact=True).fill(key)
+    page.get_by_label("Training key", exact=True).press("Enter")  # the keyboard submits
+
+
+def check_page(watched: Watched, name: str) -> None:
+    """axe-core finds no serious or critical violation; then a screenshot for the artifacts."""
+    page = watched.page
+    if not AXE.is_file():
+        pytest.fail(f"{AXE.relative_to(REPO)} is missing: `make setup` vendors axe-core (npm ci)")
+    page.wait_for_load_state("networkidle")
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        # DevTools evaluation is outside the page's CSP, so the page's policy stays as served.
+        page.evaluate(AXE.read_text())
+    violations = page.evaluate("""async () => {
+        const result = await axe.run(document, {resultTypes: ["violations"]});
+        return result.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                            nodes: v.nodes.map(n => n.target.join(" "))}));
+    }""")
+    bad = [v for v in violations if v["impact"] in ("serious", "critical")]
+    assert bad == [], f"{name}: {bad}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def api(local_host: str) -> httpx.Client:
+    return httpx.Client(base_url=local_host + TRAINING, headers=KEY, timeout=30)
+
+
+def tagged_count(client: httpx.Client, base: str, tag_id: str) -> int:
+    return int(client.get(f"{base}/images/tagged/count", params={"tagIds": tag_id}).json())
+
+
+def write_pictures(folder: Path, color: str, count: int, first_seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{color}-{i}.jpg"
+        path.write_bytes(color_image(color, seed=first_seed + i))
+        paths.append(path)
+    return paths
+
+
+def test_wrong_key_shows_the_api_error_and_right_key_stays_in_session(page: Watched,
+                                                                     local_host: str) -> None:
+    sign_in(page, "not-the-key")
+    alert = page.page.get_by_role("alert")
+    expect(alert).to_contain_text("401")
+    expect(alert).to_contain_text("Access denied")
+    assert page.page.evaluate("() => sessionStorage.length") == 0
+    check_page(page, "sign-in")
+    page.page.get_by_label("Training key", exact=True).fill(TEST_TRAINING_KEY)
+    page.page.get_by_role("button", name="Continue").click()
+    expect(page.page.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+    assert page.page.evaluate("() => sessionStorage.getItem('visionpipe.trainingKey')") \
+        == TEST_TRAINING_KEY
+    assert page.page.evaluate("() => localStorage.length") == 0
+    # an unknown project: the API's code and message, visibly
+    missing = str(uuid.uuid4())
+    with api(local_host) as client:
+        error = client.get(f"/projects/{missing}").json()
+    page.page.goto(f"/portal/#/p/{missing}/images")
+    expect(page.page.get_by_role("alert")).to_have_text(
+        f"{error['code']}: {error['message']} Dismiss")
+    page.page.get_by_role("button", name="Dismiss").click()
+    expect(page.page.get_by_role("alert")).to_have_text("")
+    page.page.goto("/portal/#/")
+    # keyboard: the first Tab reaches the skip link, which moves focus to the content
+    page.page.reload()
+    expect(page.page.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+    page.page.keyboard.press("Tab")
+    expect(page.page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.page.keyboard.press("Enter")
+    expect(page.page.locator("main")).to_be_focused()
+    page.page.keyboard.press("Tab")
+    assert page.page.evaluate("() => { const m = document.querySelector('main'); "
+                              "return m.contains(document.activeElement) "
+                              "&& document.activeElement !== m; }")
+    expect(page.page.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+    page.page.get_by_role("button", name="Forget key").click()
+    expect(page.page.get_by_label("Training key", exact=True)).to_be_visible()
+    assert page.page.evaluate("() => sessionStorage.length") == 0
+
+
+def test_project_images_tags_quarantine_and_train(page: Watched, local_host: str,
+                                                  storage: Storage, registry: Registry,
+                                                  bridge: object, request_queue: str,
+                                                  tmp_path: Path) -> None:
+    p = page.page
+    name = f"portal-{uuid.uuid4().hex[:8]}"
+    sign_in(page)
+    expect(p.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+    check_page(page, "projects")
+
+    # create: lands on the new project's images page
+    p.get_by_label("Name", exact=True).fill(name)
+    p.get_by_label("Classification type").select_option("Multilabel")
+    p.get_by_role("button", name="Create project").click()
+    expect(p.get_by_role("heading", name="Images", exact=True)).to_be_visible()
+    with api(local_host) as client:
+        project = next(x for x in client.get("/projects").json() if x["name"] == name)
+    assert project["settings"]["classificationType"] == "Multilabel"
+    base = f"/projects/{project['id']}"
+
+    for tag in ("red", "blue"):
+        p.get_by_label("New tag").fill(tag)
+        p.get_by_role("button", name="Add tag").click()
+        expect(p.get_by_role("list", name="Tags")).to_contain_text(tag)
+
+    # upload by the file picker, tagged red, with one corrupt file: per-file results
+    reds = write_pictures(tmp_path / "red", "red", 5, 100)
+    corrupt_name, (corrupt, reason) = next(
+        (n, v) for n, v in bad_files().items() if v[1] == "corrupt")
+    (tmp_path / corrupt_name).write_bytes(corrupt)
+    p.get_by_label("Tag the uploads with").select_option(label="red")
+    p.get_by_label("Pictures", exact=True).set_input_files([*reds, tmp_path / corrupt_name])
+    results = p.get_by_role("table", name="Upload results")
+    expect(p.get_by_text("Uploaded 5 of 6")).to_be_visible(timeout=30_000)
+    expect(results.get_by_role("row")).to_have_count(7)
+    bad_row = results.get_by_role("row").filter(has_text=corrupt_name)
+    expect(bad_row).to_contain_text("ErrorImageFormat")
+    expect(bad_row).to_contain_text(f"{reason}:")
+    assert p.get_by_label("Upload progress").evaluate("e => e.value") == 1
+    # the tag counts and the image list refresh in place
+    expect(p.get_by_text("Page 1 of 1 (5 images)")).to_be_visible()
+    expect(p.get_by_role("list", name="Tags").get_by_role("listitem").filter(has_text="red"))\
+        .to_have_text("red 5 images")
+    check_page(page, "images-upload")
+
+    # a folder, tagged blue
+    write_pictures(tmp_path / "blue", "blue", 5, 200)
+    p.goto(f"/portal/#/p/{project['id']}/images")
+    p.get_by_label("Tag the uploads with").select_option(label="blue")
+    p.get_by_label("A folder of pictures").set_input_files(tmp_path / "blue")
+    expect(p.get_by_text("Uploaded 5 of 5")).to_be_visible(timeout=30_000)
+
+    # drag and drop, untagged
+    p.get_by_label("Tag the uploads with").select_option(label="No tag (untagged)")
+    green = base64.b64encode(color_image("green", seed=300)).decode()
+    transfer = p.evaluate_handle("""([name, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const t = new DataTransfer();
+        t.items.add(new File([bytes], name, {type: "image/jpeg"}));
+        return t;
+    }""", ["dropped-green.jpg", green])
+    p.locator("section", has=p.locator("#upload-title")).dispatch_event(
+        "drop", {"dataTransfer": transfer})
+    expect(p.get_by_text("Uploaded 1 of 1")).to_be_visible(timeout=30_000)
+    with api(local_host) as client:
+        assert client.get(f"{base}/images/tagged/count").json() == 10
+        assert client.get(f"{base}/images/untagged/count").json() == 1
+        tags = {t["name"]: t["id"] for t in client.get(f"{base}/tags").json()}
+
+    # untagged view: select the dropped picture, tag it blue, then untag it again
+    p.goto(f"/portal/#/p/{project['id']}/images?view=untagged&page=1")
+    expect(p.get_by_text("Page 1 of 1 (1 image)")).to_be_visible()
+    p.get_by_role("list", name="Images").get_by_role("checkbox").check()
+    p.get_by_label("Tag for the selected images").select_option(label="blue")
+    p.get_by_role("button", name="Tag selected", exact=True).click()
+    expect(p.get_by_role("status")).to_contain_text("Tagged 1 image(s)")
+    expect(p.get_by_text("Page 1 of 1 (0 images)")).to_be_visible()
+    with api(local_host) as client:
+        assert tagged_count(client, base, tags["blue"]) == 6
+    p.goto(f"/portal/#/p/{project['id']}/images?view=tag:{tags['blue']}&page=1&per=4")
+    expect(p.get_by_text("Page 1 of 2 (6 images)")).to_be_visible()
+    tiles = p.get_by_role("list", name="Images").get_by_role("listitem")
+    expect(tiles).to_have_count(4)
+    thumbnail = tiles.first.get_by_role("img").element_handle()
+    p.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=thumbnail)
+    assert thumbnail.evaluate("i => i.naturalWidth") == 320  # the bytes, fetched with the key
+    p.get_by_role("link", name="Next page").click()
+    expect(p.get_by_text("Page 2 of 2 (6 images)")).to_be_visible()
+    expect(tiles).to_have_count(2)
+    check_page(page, "images-browse")
+    for box in tiles.get_by_role("checkbox").all():
+        box.check()
+    p.get_by_label("Tag for the selected images").select_option(label="blue")
+    p.get_by_role("button", name="Untag selected").click()
+    expect(p.get_by_role("status")).to_contain_text("Removed the tag from 2 image(s)")
+    with api(local_host) as client:
+        assert tagged_count(client, base, tags["blue"]) == 4
+        assert client.get(f"{base}/images/untagged/count").json() == 2
+
+    # the quarantine: a file dropped into the project's drop folder that ingest refused
+    storage.container(names.TRAINING_IMAGES).upload_blob(f"{name}/red/broken.jpg", corrupt)
+    p.goto(f"/portal/#/p/{project['id']}/images")
+    quarantine = p.locator("section", has=p.locator("#quarantine-title"))
+
+    with httpx.Client(base_url=local_host, headers=KEY, timeout=30) as client:
+        wait_for(lambda: client.get(f"/visionpipe/v1{base}/quarantine").json(), timeout=60)
+    p.reload()
+    expect(quarantine).to_contain_text("broken.jpg")
+    expect(quarantine).to_contain_text(reason)
+
+    # train: put tags back so the rules pass, then press Train and see it queued and followed
+    with api(local_host) as client:
+        client.post(f"{base}/images/tags", json={"tags": [
+            {"imageId": i["id"], "tagId": tags["blue"]}
+            for i in client.get(f"{base}/images/untagged").json()]}).raise_for_status()
+    p.goto(f"/portal/#/p/{project['id']}/train")
+    expect(p.get_by_text("No training in progress.")).to_be_visible()
+    p.get_by_role("button", name="Train (Regular)").click()
+    expect(p.get_by_role("status")).to_contain_text("Training queued")
+    expect(p.locator(".training-status")).to_have_text("Training")
+    with api(local_host) as client:
+        iterations = client.get(f"{base}/iterations").json()
+    assert [i["status"] for i in iterations] == ["Training"]
+    messages = storage.queues.get_queue_client(request_queue).peek_messages(max_messages=32)
+    queued = [json.loads(base64.b64decode(m.content)) for m in messages]
+    assert [m["iterationId"] for m in queued if m.get("projectId") == project["id"]] \
+        == [iterations[0]["id"]]
+    # a second press while one trains: the API's refusal is shown as code and message
+    p.get_by_role("button", name="Train (Regular)").click()
+    expect(p.get_by_role("alert")).to_contain_text("BadRequestTrainingAlreadyInProgress")
+
+    # deleting the project while it trains: the API refuses, and the portal says why
+    p.goto("/portal/#/")
+    p.get_by_role("button", name=f"Delete project {name}").click()
+    p.get_by_role("button", name="Yes, delete").click()
+    expect(p.get_by_role("alert")).to_contain_text(
+        "BadRequestTrainingAlreadyInProgress: Cannot delete a project while a training")
+    with api(local_host) as client:
+        assert client.get(base).status_code == 200
+
+    # live progress: what the training job reports shows up while the page polls, and the end
+    # of the training stops the polling and lists the outcome
+    p.goto(f"/portal/#/p/{project['id']}/train")
+    expect(p.locator(".training-status")).to_have_text("Training")
+    expect(p.get_by_text("Waiting for the training job to start")).to_be_visible()
+    registry.update_iteration(project["id"], iterations[0]["id"], progress={
+        "phase": "training", "epoch": 3, "epochs": 10, "trainLoss": 0.43219, "valMetric": None})
+    live = p.locator("section", has=p.locator("#live-title"))
+    expect(live.locator('[data-progress="epoch"]')).to_have_text("3 of 10", timeout=10_000)
+    expect(live.locator('[data-progress="trainLoss"]')).to_have_text("0.4322")
+    expect(live.locator('[data-progress="phase"]')).to_have_text("training")
+    check_page(page, "train")
+    p.get_by_role("button", name="Cancel training").click()
+    expect(live.locator(".training-status")).to_have_text("Canceled", timeout=10_000)
+    expect(live).to_contain_text("Canceled by request")
+    expect(p.get_by_role("button", name="Cancel training")).to_have_count(0)
+    expect(p.get_by_role("table", name="Iterations").get_by_role("row").nth(1))\
+        .to_contain_text("Canceled")
+
+    # now the project can go: deleted from the list, through the inline confirmation
+    p.goto("/portal/#/")
+    p.get_by_role("button", name=f"Delete project {name}").click()
+    p.get_by_role("button", name="Yes, delete").click()
+    expect(p.get_by_role("status")).to_have_text(f"Deleted project {name}.")
+    with api(local_host) as client:
+        wait_for(lambda: client.get(base).status_code == 404, timeout=30)
+
+
+# Six test images over red/green/blue with probabilities that make 0.5 and 0.8 differ.
+LABELS = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], float)
+PROBS = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1],
+                  [0.1, 0.85, 0.05], [0.55, 0.05, 0.4], [0.1, 0.1, 0.8]])
+
+
+def with_metrics(registry: Registry, label_store: LabelStore, project: Project,
+                 iteration: Iteration) -> None:
+    """Give ``iteration`` the raw test predictions and the plots the training job writes (with
+    the training job's own plotting code)."""
+    from training_job.evaluate import confusion_png, pr_curve_png
+
+    tag_ids = [t.id for t in (label_store.find_tag(project.id, n) for n in ("red", "green", "blue"))
+               if t]
+    samples = []
+    for i, (labels, probs) in enumerate(zip(LABELS, PROBS, strict=True)):
+        sha = hashlib.sha256(f"{project.id}-{i}".encode()).hexdigest()
+        tag_id = tag_ids[int(np.argmax(labels))]
+        label_store.add_image(project, label_store.get_tag(project.id, tag_id),  # type: ignore[arg-type]
+                              ImageFacts(sha, 320, 240, "JPEG", 1000), f"{project.name}/x/{i}.jpg")
+        samples.append((f"img-{i}", sha, [tag_id], probs.tolist()))
+    tag_names = ["red", "green", "blue"]
+    metrics = metrics_at_threshold(LABELS, PROBS, tag_ids, tag_names, 0.5, train_images=24)
+    doc = dict(metrics)
+    doc["predictions"] = predictions_document(tag_ids, tag_names, samples)
+    for name, data, kind in (
+        (METRICS_FILE, json.dumps(doc).encode(), "application/json"),
+        ("pr_curve.png", pr_curve_png(LABELS, PROBS, metrics), "image/png"),
+        ("confusion_matrix.png", confusion_png(LABELS, PROBS, tag_names, False), "image/png"),
+    ):
+        registry.upload_artifact(project.id, iteration.id, name, data, kind)
+
+
+def test_performance_quick_test_predictions_and_iterations(
+        page: Watched, local_host: str, storage: Storage, bridge: object, registry: Registry,
+        label_store: LabelStore, project: Project, published: Iteration, tmp_path: Path) -> None:
+    p = page.page
+    with_metrics(registry, label_store, project, published)
+    second = register_color_iteration(registry, label_store, project, permutation=(1, 2, 0))
+    base = f"/projects/{project.id}"
+    with api(local_host) as client:
+        at = {t: client.get(f"{base}/iterations/{published.id}/performance",
+                            params={"threshold": t}).json() for t in (0.5, 0.8)}
+    assert at[0.5]["precision"] != at[0.8]["precision"] or at[0.5]["recall"] != at[0.8]["recall"]
+    sign_in(page)
+    expect(p.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+
+    # performance at 0.5, then the slider to 0.8: the figures are the API's at 0.8
+    p.goto(f"/portal/#/p/{project.id}/performance?iteration={published.id}")
+    overall = p.locator(".overall")
+
+    def shown(metric: str, value: float) -> Any:
+        return expect(overall.locator(f'[data-metric="{metric}"]')).to_have_text(
+            f"{value * 100:.1f}%")
+
+    shown("precision", at[0.5]["precision"])
+    shown("recall", at[0.5]["recall"])
+    shown("ap", at[0.5]["averagePrecision"])
+    per_tag = p.get_by_role("table", name=re.compile("Per tag"))
+    expect(per_tag.get_by_role("row")).to_have_count(4)
+    pr_curve = p.get_by_role("img", name="Precision-recall curve")
+    expect(pr_curve).to_be_visible()
+    assert pr_curve.evaluate("i => i.complete && i.naturalWidth") > 300
+    expect(p.get_by_role("img", name="Confusion matrix")).to_be_visible()
+    check_page(page, "performance")
+    slider = p.get_by_label("Probability threshold")
+    slider.focus()
+    for _ in range(30):  # the keyboard moves it: 0.50 -> 0.80
+        p.keyboard.press("ArrowRight")
+    assert slider.input_value() == "0.8"
+    expect(p.locator("output.threshold")).to_have_text("80.0%")
+    shown("precision", at[0.8]["precision"])
+    shown("recall", at[0.8]["recall"])
+    expect(per_tag).to_have_accessible_name(re.compile("80.0%"))
+
+    # quick test a red picture: the tags drawn over it, red on top; stored as a prediction
+    picture = tmp_path / "red-test.jpg"
+    picture.write_bytes(color_image("red", seed=900))
+    p.goto(f"/portal/#/p/{project.id}/quicktest?iteration={published.id}")
+    p.get_by_label("Picture", exact=True).set_input_files(picture)
+    p.get_by_role("button", name="Test picture").click()
+    tags_over = p.get_by_role("list", name="Predicted tags")
+    expect(tags_over.get_by_role("listitem").first).to_contain_text("red")
+    box = tags_over.bounding_box()
+    shot = p.get_by_role("img", name="The tested picture").bounding_box()
+    assert box and shot and shot["x"] <= box["x"] < shot["x"] + shot["width"] \
+        and shot["y"] <= box["y"] < shot["y"] + shot["height"], "the tags are not over the picture"
+    check_page(page, "quick-test")
+    # by URL: the service's one URL fetcher refuses a loopback address; the portal shows why
+    p.get_by_label("Picture URL").fill("http://127.0.0.1:9/red.jpg")
+    p.get_by_role("button", name="Test URL").click()
+    expect(p.get_by_role("alert")).to_contain_text("BadRequestImageUrl: ")
+
+    # predictions: the quick test and a picture dropped into predict-images; each added to the
+    # training set shows the API's per-image answer (OK, or the status and reason when the
+    # prediction's image was not kept)
+    dropped = color_image("red", seed=901)
+    storage.container(names.PREDICT_IMAGES).upload_blob(f"{project.name}/cam-1.jpg", dropped)
+    store = PredictionStore(storage)
+    kept = wait_for(lambda: next((x for x in store.list(project.id) if x.source == "drop"), None),
+                    timeout=60)
+    quick = next(x for x in store.list(project.id) if x.source != "drop")
+    p.goto(f"/portal/#/p/{project.id}/predictions?iteration={published.id}")
+    rows = p.get_by_role("table", name="Stored predictions, most uncertain first") \
+        .get_by_role("row")
+    expect(rows).to_have_count(3)
+    check_page(page, "predictions")
+    red_id = label_store.find_tag(project.id, "red").id  # type: ignore[union-attr]
+    with api(local_host) as client:
+        tagged_before = tagged_count(client, base, red_id)
+    not_kept = "ErrorSource: no stored prediction with a kept image"
+    for prediction in (quick, kept):
+        row = rows.filter(has_text=prediction.id[:8])
+        row.get_by_role("combobox").select_option(label="red")
+        row.get_by_role("button", name="Add to training set").click()
+        answer = " OK" if prediction.blob_path else f" {not_kept}"
+        expect(row.locator(".outcome")).to_have_text(answer)
+    added = [x for x in (quick, kept) if x.blob_path]
+    assert kept in added
+    assert label_store.get_image(project.id, hashlib.sha256(dropped).hexdigest()) is not None
+    with api(local_host) as client:
+        assert tagged_count(client, base, red_id) == tagged_before + len(added)
+
+    # iterations: unpublish prod, publish the second iteration, export it
+    p.goto(f"/portal/#/p/{project.id}/iterations")
+    p.get_by_role("button", name="Unpublish prod").click()
+    expect(p.get_by_role("status")).to_contain_text("Unpublished")
+    p.get_by_label(f"Publish name for {second.name}").fill("portal-name")
+    p.get_by_label(f"Publish name for {second.name}").press("Enter")
+    expect(p.get_by_role("status")).to_contain_text("as portal-name")
+    with api(local_host) as client:
+        state = {i["id"]: i["publishName"] for i in client.get(f"{base}/iterations").json()}
+    assert state == {published.id: "", second.id: "portal-name"}
+    p.get_by_role("button", name="Export ONNX").first.click()
+    link = p.get_by_role("link", name="Download the ONNX model")
+    expect(link).to_be_visible()
+    href = link.get_attribute("href") or ""
+    assert TEST_TRAINING_KEY not in href
+    model = httpx.get(href if href.startswith("http") else local_host + href, timeout=30)
+    assert model.status_code == 200 and model.content[:2] != b"{\""
+    check_page(page, "iterations")
+    p.get_by_role("button", name=f"Delete iteration {published.name}").click()
+    p.get_by_role("button", name="Yes, delete").click()
+    expect(p.get_by_role("status")).to_contain_text(f"Deleted {published.name}")
+    with api(local_host) as client:
+        assert client.get(f"{base}/iterations/{published.id}").status_code == 404
+
+
+def test_hostile_names_render_as_text(page: Watched, local_host: str, label_store: LabelStore,
+                                      storage: Storage) -> None:
+    """A project and a tag named like markup show as those characters; nothing runs."""
+    with api(local_host) as client:
+        created = client.post("/projects", params={"name": HOSTILE})
+        assert created.status_code == 200, created.text
+        project = created.json()
+        tag = client.post(f"/projects/{project['id']}/tags", params={"name": HOSTILE})
+        assert tag.status_code == 200, tag.text
+        upload = client.post(f"/projects/{project['id']}/images",
+                             params={"tagIds": tag.json()["id"]},
+                             content=color_image("red", seed=5),
+                             headers={"Content-Type": "application/octet-stream"})
+        assert upload.status_code == 200, upload.text
+    p = page.page
+    try:
+        sign_in(page)
+        projects = p.get_by_role("table", name="Your projects")
+        expect(projects.get_by_role("link", name=HOSTILE)).to_have_text(HOSTILE)
+        p.goto(f"/portal/#/p/{project['id']}/images")
+        tags = p.get_by_role("list", name="Tags")
+        expect(tags.get_by_role("link", name=HOSTILE)).to_have_text(HOSTILE)
+        expect(p.locator(".project-name")).to_have_text(HOSTILE)
+        expect(p.locator(".tile-tags")).to_have_text(HOSTILE)
+        assert HOSTILE in p.get_by_label("Tag for the selected images").inner_text()
+        assert p.title().startswith(f"Images · {HOSTILE}")
+        assert p.locator('img[src="x"]').count() == 0
+        assert p.locator("[onerror]").count() == 0
+        check_page(page, "hostile-names")
+        # delete it from the list, through the inline confirmation (no confirm() dialog)
+        p.goto("/portal/#/")
+        p.get_by_role("button", name=f"Delete project {HOSTILE}").click()
+        question = f"Delete {HOSTILE} and all its images and iterations?"
+        expect(p.get_by_text(question)).to_be_visible()
+        p.get_by_role("button", name="Yes, delete").click()
+        expect(p.get_by_role("status")).to_have_text(f"Deleted project {HOSTILE}.")
+        expect(projects.get_by_role("link", name=HOSTILE)).to_have_count(0)
+    finally:
+        with api(local_host) as client:
+            client.delete(f"/projects/{project['id']}")
+            assert client.get(f"/projects/{project['id']}").status_code == 404
+    assert page.dialogs == []

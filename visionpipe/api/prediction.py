@@ -1,0 +1,110 @@
+"""The HTTP prediction routes: ``/classify/iterations/{publishedName}/{image|url}[/nostore]``.
+
+Custom Vision's prediction API (v3.0 and v3.1) and the training API's quick test classify through
+:func:`classify_image`, so both refuse the same images with the same codes. Errors are raised as
+:class:`~visionpipe.api.errors.ApiError` in the service's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from visionpipe.api import errors as api_errors
+from visionpipe.api.multipart import BadBody, image_from_body
+from visionpipe.rejections import Reason, Rejection
+from visionpipe.serving.core import (
+    ModelUnavailable,
+    NoPublishedIteration,
+    ServingCore,
+    UndecodableImage,
+    get_serving,
+)
+from visionpipe.serving.results import PredictionResult
+from visionpipe.settings import ImageLimits, get_settings
+from visionpipe.storage import Storage, get_storage
+from visionpipe.stores import prediction_images
+from visionpipe.stores.prediction_store import SOURCE_API, PredictionStore
+
+log = logging.getLogger(__name__)
+
+
+def classify_request(
+    project_id: str,
+    published_name: str,
+    body: bytes,
+    content_type: str | None,
+    *,
+    store: bool,
+    application: str = "",
+    core: ServingCore | None = None,
+) -> PredictionResult:
+    """One ``/classify/iterations/{publishedName}/image[/nostore]`` request (key already
+    checked). Raises :class:`~visionpipe.api.errors.ApiError` with Custom Vision's code."""
+    core = core or get_serving()
+    try:
+        publication = core.resolve(project_id, published_name)
+    except NoPublishedIteration as e:
+        raise api_errors.iteration_not_found() from e
+    try:
+        data = image_from_body(body, content_type)
+    except BadBody as e:
+        raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
+    return classify_image(core, project_id, publication.iteration_id, data,
+                          get_settings().prediction_limits, store=store,
+                          publish_name=published_name, application=application)
+
+
+def classify_image(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
+                   limits: ImageLimits, *, store: bool, publish_name: str = "",
+                   application: str = "", storage: Storage | None = None) -> PredictionResult:
+    """Validate, classify and (``store``) record one image of an API request: the one path of
+    the prediction routes and the training API's quick test, so both refuse the same images
+    with the same codes (an undecodable image is a 400, never a 500)."""
+    if not data:
+        raise api_errors.image_stream_missing()
+    # Validation decodes at the model's scale and hands over the input: one decode per request.
+    checked = core.prepare(project_id, data, limits, iteration_id=iteration_id)
+    if isinstance(checked, Rejection):
+        raise api_errors.from_rejection(checked)
+    try:
+        classification = core.session(project_id, iteration_id).classify(checked)
+    except UndecodableImage as e:
+        raise api_errors.bad_request("BadRequestImageFormat", f"{e} ({Reason.CORRUPT})") from e
+    except ModelUnavailable as e:
+        log.error("prediction %s/%s: %s", project_id, iteration_id, e)
+        raise api_errors.model_unavailable(str(e)) from e
+    result = PredictionResult.from_classification(classification)
+    if store:  # the picture first, then the row that names it (as the service keeps both)
+        storage = storage or get_storage()
+        kept = prediction_images.keep(storage, project_id, result.id, data,
+                                      checked.image.format)
+        PredictionStore(storage).record(result.stored(
+            SOURCE_API, publish_name=publish_name, image_sha256=checked.sha256,
+            application=application, blob_path=kept))
+    return result
+
+
+def classify_url_request(
+    project_id: str,
+    published_name: str,
+    url: str,
+    *,
+    store: bool,
+    application: str = "",
+    core: ServingCore | None = None,
+) -> PredictionResult:
+    """One ``/classify/iterations/{publishedName}/url[/nostore]`` request (key already checked):
+    the publication is resolved first, so nothing is fetched for an unknown project or name,
+    then the image is fetched by the one guarded fetcher (its SSRF refusals, size and time
+    limits, a 400 ``BadRequestImageUrl`` for any failure) and classified as an uploaded one."""
+    from visionpipe.api.url_fetch import fetch_image
+
+    core = core or get_serving()
+    try:
+        publication = core.resolve(project_id, published_name)
+    except NoPublishedIteration as e:
+        raise api_errors.iteration_not_found() from e
+    limits = get_settings().prediction_limits
+    data = fetch_image(url, limits.max_bytes)
+    return classify_image(core, project_id, publication.iteration_id, data, limits,
+                          store=store, publish_name=published_name, application=application)

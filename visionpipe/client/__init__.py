@@ -1,0 +1,1 @@
+"""The HTTP client and the `visionpipe` command line built on it."""

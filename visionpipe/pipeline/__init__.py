@@ -1,0 +1,1 @@
+"""Event-driven work: blob events, ingest, drop-folder prediction, training events."""

@@ -1,0 +1,265 @@
+"""The ``predict-images`` drop folder: predictions in Custom Vision's shape, written as JSON.
+
+The drop folder (docs/ARCHITECTURE.md, "Storage layout (one storage account)"):
+``predict-images/{project name}/{name}.{ext}`` gets its answer in
+``predictions/{project name}/{name}.{ext}.json``: the ImagePrediction (docs/ARCHITECTURE.md,
+"Messages"), or an error
+``{"id", "project", "created", "error": {"code", "message"}}``. Whatever goes wrong with the input
+(unknown project, refused image, nothing published) is answered in the result file *and* the
+input is kept in quarantine with the same reason; nothing is dropped silently. A server-side
+problem (a model that does not load) is answered in the result file and the input stays where it
+is, so it can be dropped again once the model is fixed.
+
+Event Grid delivers at least once: the prediction id comes from the blob's path and ETag, so a
+redelivery writes the same result blob and the same prediction-store row again (nothing is
+doubled); a redelivery after a quarantine finds nothing to do. The handler costs two storage round
+trips on the happy path (download; result blob and store row written in parallel).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import ContentSettings
+
+from visionpipe import names
+from visionpipe.blob_names import is_safe_blob_name, unsafe_reason
+from visionpipe.pipeline import lifecycle_events
+from visionpipe.pipeline.events import BlobCreated
+from visionpipe.rejections import Reason, Rejection
+from visionpipe.serving.core import (
+    ModelUnavailable,
+    NoPublishedIteration,
+    PreparedImage,
+    ServingCore,
+    UndecodableImage,
+    get_serving,
+)
+from visionpipe.serving.results import PredictionResult
+from visionpipe.settings import Settings
+from visionpipe.storage import Storage
+from visionpipe.stores import prediction_images
+from visionpipe.stores.label_store import LabelStore, Project
+from visionpipe.stores.prediction_store import (
+    SOURCE_DROP,
+    PredictionStore,
+)
+from visionpipe.stores.quarantine import (
+    REASON_SUFFIX,
+    is_reserved_name,
+    quarantine_blob,
+    record_unsafe_name,
+)
+from visionpipe.timestamps import now_iso
+
+log = logging.getLogger(__name__)
+
+RESULT_SUFFIX = ".json"
+_ID_NAMESPACE = uuid.UUID("0b7f5d0e-3c2a-4f59-9a51-6c1e2d7f8a90")
+_SOURCE_ETAG = "sourceetag"  # result blob metadata: the input version the result answers
+#: How long a drop folder's project name -> project lookup is reused (a rename or delete through
+#: the API is seen by the drop folder after at most this long).
+PROJECT_CACHE_SECONDS = 30.0
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _background() -> ThreadPoolExecutor:
+    """A few threads for storage writes that can overlap (created on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="visionpipe-io")
+        return _pool
+
+
+#: Reason codes of the drop folder beyond validation's (those of docs/ARCHITECTURE.md,
+#: "Image rules (both paths)" are shared).
+NO_PUBLISHED_ITERATION = Reason.NO_PUBLISHED_ITERATION
+MODEL_UNAVAILABLE = Reason.MODEL_UNAVAILABLE
+
+
+class DropOutcome(StrEnum):
+    PREDICTED = "predicted"
+    REJECTED = "rejected"  # error result + input quarantined
+    FAILED = "failed"  # error result, input left in place (server-side problem)
+    GONE = "gone"  # the input no longer exists (an earlier delivery quarantined it)
+
+
+def error_result(prediction_id: str, project_id: str | None, code: str,
+                 message: str) -> dict[str, Any]:
+    return {
+        "id": prediction_id,
+        "project": project_id,
+        "created": now_iso(),
+        "error": {"code": code, "message": message},
+    }
+
+
+def drop_prediction_id(path: str, etag: str) -> str:
+    """The same blob version always gets the same prediction id (redeliveries overwrite)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{names.PREDICT_IMAGES}/{path}@{etag.strip(chr(34))}"))
+
+
+def result_path(path: str) -> str:
+    return path + RESULT_SUFFIX
+
+
+@dataclass(frozen=True)
+class DropResult:
+    path: str  # inside predict-images
+    outcome: DropOutcome
+    result_path: str | None = None  # inside predictions
+    prediction_id: str | None = None
+    code: str | None = None  # error code when not predicted
+
+
+class DropFolderPredictor:
+    """Answers one ``predict-images`` BlobCreated event."""
+
+    def __init__(self, storage: Storage, settings: Settings, core: ServingCore | None = None,
+                 label_store: LabelStore | None = None,
+                 store: PredictionStore | None = None) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.core = core or get_serving(storage)
+        self.label_store = label_store or LabelStore(storage)
+        self.store = store or PredictionStore(storage)
+        self._inputs = storage.container(names.PREDICT_IMAGES)
+        self._results = storage.container(names.PREDICTIONS)
+
+    def handle(self, blob: BlobCreated) -> DropResult:
+        path = blob.path
+        problem = unsafe_reason(path)
+        if problem is not None:  # judged before any storage call is made with the name
+            # (no prediction id: it is derived from the name, which may not even encode)
+            record_unsafe_name(self.storage, names.PREDICT_IMAGES, path,
+                               context={"eventId": blob.event_id})
+            return DropResult(path, DropOutcome.REJECTED, code=str(Reason.BAD_PATH))
+        project_name, _, name = path.partition("/")
+        limits = self.settings.prediction_limits
+        source = self._inputs.get_blob_client(path)
+        data: bytes | None = None
+        checked: PreparedImage | Rejection | None = None
+        try:
+            if blob.content_length is not None and blob.content_length > limits.max_bytes:
+                props = source.get_blob_properties()  # refuse without downloading it
+                etag = str(props.etag)
+                if props.size > limits.max_bytes:
+                    checked = Rejection(
+                        Reason.TOO_LARGE, f"the file is {props.size:,} bytes; the limit is "
+                                          f"{limits.max_bytes:,} bytes")
+            if checked is None:
+                downloader = source.download_blob()
+                data = downloader.readall()
+                etag = str(downloader.properties.etag)
+        except ResourceNotFoundError:
+            log.info("predict-images/%s is gone (answered by an earlier delivery)", path)
+            return DropResult(path, DropOutcome.GONE)
+        prediction_id = drop_prediction_id(path, etag)
+
+        if not name or is_reserved_name(path):
+            return self._reject(path, etag, prediction_id, None, Rejection(
+                Reason.BAD_PATH,
+                f"drop images as predict-images/{{project name}}/{{file name}} (names ending in "
+                f"{REASON_SUFFIX!r} are reserved); got {path!r}"), data)
+        project = self._find_project(project_name)
+        if project is None:
+            return self._reject(path, etag, prediction_id, None, Rejection(
+                Reason.UNKNOWN_PROJECT,
+                f"there is no project named {project_name!r}; create it (or train one) first"),
+                data)
+        if checked is None:
+            assert data is not None
+            checked = self.core.prepare(project.id, data, limits)  # the request's one decode
+        if isinstance(checked, Rejection):
+            return self._reject(path, etag, prediction_id, project.id, checked, data)
+        assert data is not None
+
+        try:
+            classification = self.core.classify(project.id, checked)
+        except NoPublishedIteration:
+            return self._reject(path, etag, prediction_id, project.id, Rejection(
+                NO_PUBLISHED_ITERATION,
+                f"project {project.name!r} has no published iteration; publish one "
+                "(POST .../iterations/{iterationId}/publish) and drop the image again"), data)
+        except UndecodableImage as e:
+            return self._reject(path, etag, prediction_id, project.id,
+                                Rejection(Reason.CORRUPT, str(e)), data)
+        except ModelUnavailable as e:
+            log.error("predict-images/%s: %s", path, e)
+            self._write_result(path, etag, error_result(prediction_id, project.id,
+                                                        MODEL_UNAVAILABLE, str(e)))
+            return DropResult(path, DropOutcome.FAILED, result_path(path), prediction_id,
+                              MODEL_UNAVAILABLE)
+
+        result = PredictionResult.from_classification(classification, prediction_id)
+        publication = self.core.publications(project.id).for_iteration(result.iteration_id)
+        publish_name = publication.publish_name if publication else ""
+        sha256, fmt = checked.sha256, checked.image.format
+
+        def keep_and_record() -> None:
+            """The picture in prediction-images (the drop may be deleted or overwritten), then
+            the row that names it."""
+            kept = prediction_images.keep(self.storage, project.id, prediction_id, data, fmt)
+            self.store.record(result.stored(SOURCE_DROP, publish_name=publish_name,
+                                            blob_path=kept, image_sha256=sha256))
+
+        # The result blob and the stored prediction are independent writes, made together.
+        stored = _background().submit(keep_and_record)
+        self._write_result(path, etag, result.to_dict())
+        stored.result()
+        top = result.predictions[0] if result.predictions else None
+        log.info("predict-images/%s -> %s (%.3f) with iteration %s", path,
+                 top.tag_name if top else "-", top.probability if top else 0.0,
+                 result.iteration_id)
+        return DropResult(path, DropOutcome.PREDICTED, result_path(path), prediction_id)
+
+    # --- helpers --------------------------------------------------------------------------------
+    _projects: ClassVar[dict[str, tuple[Project, float]]] = {}  # process-wide: name -> (p, at)
+
+    def _find_project(self, project_name: str) -> Project | None:
+        """The project of a drop folder name; found ones are remembered for a short while (a
+        drop folder sees the same few names over and over), unknown names are always asked."""
+        key = project_name.strip().casefold()
+        cached = self._projects.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < PROJECT_CACHE_SECONDS:
+            return cached[0]
+        project = self.label_store.find_project(project_name)
+        if project is not None:
+            self._projects[key] = (project, now)
+        return project
+
+    def _write_result(self, path: str, etag: str, body: dict[str, Any]) -> None:
+        self._results.upload_blob(
+            result_path(path),
+            json.dumps(body, indent=2),
+            overwrite=True,
+            metadata={_SOURCE_ETAG: etag.strip('"')},
+            content_settings=ContentSettings(content_type="application/json"),
+        )
+
+    def _reject(self, path: str, etag: str, prediction_id: str, project_id: str | None,
+                rejection: Rejection, data: bytes | None = None) -> DropResult:
+        code = str(rejection.reason)
+        written = None
+        if is_safe_blob_name(path):  # an unsafe name cannot be mirrored; its reason file says it
+            self._write_result(path, etag,
+                               error_result(prediction_id, project_id, code, rejection.message))
+            written = result_path(path)
+        moved = quarantine_blob(self.storage, names.PREDICT_IMAGES, path, rejection, etag=etag,
+                                data=data, context={"predictionId": prediction_id})
+        lifecycle_events.quarantined(self.storage, names.PREDICT_IMAGES, path, rejection, moved,
+                                     etag)
+        return DropResult(path, DropOutcome.REJECTED, written, prediction_id, code)

@@ -1,0 +1,1 @@
+"""ONNX Runtime serving: one session per published iteration, batching, hot swap."""

@@ -1,0 +1,1 @@
+"""Where state lives: label records, iterations, predictions, quarantine."""

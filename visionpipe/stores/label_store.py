@@ -1,0 +1,745 @@
+"""Projects, tags and labelled images, kept in Table storage (docs/ARCHITECTURE.md, "Storage
+layout").
+
+The drop folder and the HTTP API both write here; the training job reads its dataset from here.
+Writes are idempotent and safe under concurrency: Event Grid delivers at least once, and several
+Function instances may handle events for the same project at the same time.
+
+Layout:
+- ``projects``: PartitionKey ``project``, RowKey = project id; plus one name row per project
+  (same partition, RowKey ``name-{key of the name}``, column ``id``).
+- ``tags``: PartitionKey = project id, RowKey = tag id; plus one name row per tag (same partition,
+  RowKey ``name-{key}``).
+- ``images``: PartitionKey = project id, RowKey = sha256 of the bytes.
+
+A name row lives in its object's partition so that the object and its name are written, moved and
+deleted in one entity-group transaction: there is never a name without its object or an object
+without its name, so no claim ever has to be guessed dead and taken over (several Function
+instances creating the same name at once: exactly one transaction succeeds).
+
+Deleting a tag or a project races with uploads. Both sides write first and read after: a delete
+removes the tag (project) row, then sweeps the images; an image write records, then checks that
+its tags (project) still exist and undoes what refers to a vanished one. Whatever the
+interleaving, one of the two sees the other, so no image keeps a tag (or a project) that is gone:
+the delete wins, and an upload that raced with it ends up without that tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableErrorCode, TableTransactionError, UpdateMode
+
+from visionpipe import names
+from visionpipe.domains import GENERAL_DOMAIN_ID
+from visionpipe.rejections import Reason, Rejected
+from visionpipe.storage import Storage
+
+if TYPE_CHECKING:
+    from visionpipe.validation import ValidImage
+
+MULTICLASS = "Multiclass"
+MULTILABEL = "Multilabel"
+CLASSIFICATION_TYPES = (MULTICLASS, MULTILABEL)
+# Custom Vision's "General" classification domain, the default for new projects.
+
+_PROJECT_PK = "project"
+_NAME_PREFIX = "name-"  # RowKey prefix of a name row (ids are GUIDs, never start with it)
+_MAX_RETRIES = 20
+# Transaction failures that mean "someone else changed these rows first": read again.
+_LOST_RACE = frozenset({
+    TableErrorCode.ENTITY_ALREADY_EXISTS, TableErrorCode.UPDATE_CONDITION_NOT_SATISFIED,
+    TableErrorCode.CONDITION_NOT_MET, TableErrorCode.ENTITY_NOT_FOUND,
+    TableErrorCode.RESOURCE_NOT_FOUND,
+})
+
+
+class NameTaken(ValueError):
+    """A project or tag name (case-insensitive) that is already in use."""
+
+
+def name_key(name: str) -> str:
+    """Table-safe, case-insensitive key for a display name (RowKeys forbid / \\ # ? controls)."""
+    return hashlib.sha256(name.strip().casefold().encode()).hexdigest()[:40]
+
+
+def _name_row_key(name: str) -> str:
+    return _NAME_PREFIX + name_key(name)
+
+
+def _is_name_row(row_key: str) -> bool:
+    return row_key.startswith(_NAME_PREFIX)
+
+
+def _name_row(partition: str, name: str, owner_id: str) -> dict[str, Any]:
+    return {"PartitionKey": partition, "RowKey": _name_row_key(name), "id": owner_id,
+            "name": name.strip()}
+
+
+def _if_unchanged(entity: Any) -> dict[str, Any]:
+    """Transaction options: apply only if the row is still the version that was read."""
+    return {"etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+
+
+def _lost_race(e: TableTransactionError) -> bool:
+    return e.error_code in _LOST_RACE
+
+
+def image_id(sha256: str) -> str:
+    """The image's GUID (Custom Vision ids are GUIDs), derived from its content hash."""
+    return str(uuid.UUID(sha256[:32]))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Project:
+    id: str
+    name: str
+    classification_type: str = MULTICLASS
+    domain_id: str = GENERAL_DOMAIN_ID
+    description: str = ""
+    created: datetime = field(default_factory=_now)
+    last_modified: datetime | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.classification_type == MULTILABEL
+
+    @classmethod
+    def from_entity(cls, e: dict[str, Any]) -> Project:
+        return cls(
+            id=e["RowKey"],
+            name=e["name"],
+            classification_type=e.get("classificationType", MULTICLASS),
+            domain_id=e.get("domainId", GENERAL_DOMAIN_ID),
+            description=e.get("description", ""),
+            created=e["created"],
+            last_modified=e.get("lastModified"),
+        )
+
+
+@dataclass(frozen=True)
+class Tag:
+    id: str
+    project_id: str
+    name: str
+    description: str = ""
+    created: datetime = field(default_factory=_now)
+
+    @classmethod
+    def from_entity(cls, e: dict[str, Any]) -> Tag:
+        return cls(
+            id=e["RowKey"],
+            project_id=e["PartitionKey"],
+            name=e["name"],
+            description=e.get("description", ""),
+            created=e["created"],
+        )
+
+
+class MetadataLimitExceeded(Exception):
+    """An image's metadata would hold more key/value pairs than allowed."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    project_id: str
+    sha256: str
+    tag_ids: tuple[str, ...]
+    blob_paths: tuple[str, ...]  # paths inside the training-images container
+    width: int
+    height: int
+    format: str
+    size_bytes: int
+    created: datetime
+    # Custom Vision's image metadata: key/value pairs, in the order they were first set.
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def id(self) -> str:
+        return image_id(self.sha256)
+
+    @classmethod
+    def from_entity(cls, e: dict[str, Any]) -> ImageRecord:
+        return cls(
+            project_id=e["PartitionKey"],
+            sha256=e["RowKey"],
+            tag_ids=tuple(json.loads(e.get("tagIds", "[]"))),
+            blob_paths=tuple(json.loads(e.get("blobPaths", "[]"))),
+            width=int(e["width"]),
+            height=int(e["height"]),
+            format=e["format"],
+            size_bytes=int(e["sizeBytes"]),
+            created=e["created"],
+            metadata=tuple(json.loads(e.get("metadata") or "{}").items()),
+        )
+
+
+def _new_project(name: str, classification_type: str, domain_id: str,
+                 description: str) -> Project:
+    if classification_type not in CLASSIFICATION_TYPES:
+        raise ValueError(f"classification type must be one of {CLASSIFICATION_TYPES}")
+    return Project(str(uuid.uuid4()), name.strip(), classification_type, domain_id, description)
+
+
+def _project_entity(project: Project) -> dict[str, Any]:
+    return {
+        "PartitionKey": _PROJECT_PK,
+        "RowKey": project.id,
+        "name": project.name,
+        "classificationType": project.classification_type,
+        "domainId": project.domain_id,
+        "description": project.description,
+        "created": project.created,
+    }
+
+
+def _tag_entity(tag: Tag) -> dict[str, Any]:
+    return {
+        "PartitionKey": tag.project_id,
+        "RowKey": tag.id,
+        "name": tag.name,
+        "description": tag.description,
+        "created": tag.created,
+    }
+
+
+class AddStatus(StrEnum):
+    CREATED = "created"  # a new image
+    TAG_ADDED = "tag_added"  # known bytes, one more tag (multilabel)
+    DUPLICATE = "duplicate"  # known bytes and tag: nothing changed but perhaps a new path
+
+
+@dataclass(frozen=True)
+class AddResult:
+    image: ImageRecord
+    status: AddStatus
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the store needs to know about validated bytes (see visionpipe.validation)."""
+
+    sha256: str
+    width: int
+    height: int
+    format: str
+    size_bytes: int
+
+    @classmethod
+    def of(cls, checked: ValidImage) -> ImageFacts:
+        """The facts of an image that passed validation (ingest and the API upload alike)."""
+        return cls(checked.sha256, checked.width, checked.height, checked.format,
+                   checked.size_bytes)
+
+
+class LabelStore:
+    def __init__(self, storage: Storage) -> None:
+        self._projects: TableClient = storage.table(names.PROJECTS_TABLE)
+        self._tags: TableClient = storage.table(names.TAGS_TABLE)
+        self._images: TableClient = storage.table(names.IMAGES_TABLE)
+
+    # --- projects ---------------------------------------------------------------------------
+    def create_project(
+        self,
+        name: str,
+        classification_type: str = MULTICLASS,
+        domain_id: str = GENERAL_DOMAIN_ID,
+        description: str = "",
+    ) -> Project:
+        """Create a project; a project of the same name (case-insensitive) is returned as is."""
+        for _ in range(_MAX_RETRIES):
+            existing = self.find_project(name)
+            if existing is not None:
+                return existing
+            project = _new_project(name, classification_type, domain_id, description)
+            if self._create_named(self._projects, _PROJECT_PK, name, _project_entity(project)):
+                return project
+        raise RuntimeError(f"could not create project {name.strip()!r}: too much contention")
+
+    def get_project(self, project_id: str) -> Project | None:
+        if _is_name_row(project_id):
+            return None
+        try:
+            return Project.from_entity(self._projects.get_entity(_PROJECT_PK, project_id))
+        except ResourceNotFoundError:
+            return None
+
+    def find_project(self, name: str) -> Project | None:
+        owner = self._owner(self._projects, _PROJECT_PK, name)
+        return self.get_project(owner) if owner else None
+
+    def list_projects(self) -> list[Project]:
+        rows = self._projects.query_entities(f"PartitionKey eq '{_PROJECT_PK}'")
+        return sorted((Project.from_entity(r) for r in rows if not _is_name_row(r["RowKey"])),
+                      key=lambda p: p.created)
+
+    # --- tags -------------------------------------------------------------------------------
+    def get_or_create_tag(self, project_id: str, name: str, description: str = "") -> Tag:
+        """The project's tag of this name (case-insensitive), created on first sight."""
+        for _ in range(_MAX_RETRIES):
+            existing = self.find_tag(project_id, name)
+            if existing is not None:
+                return existing
+            tag = Tag(str(uuid.uuid4()), project_id, name.strip(), description)
+            if self._create_named(self._tags, project_id, name, _tag_entity(tag)):
+                return tag
+        raise RuntimeError(f"could not create tag {name.strip()!r}: too much contention")
+
+    def get_tag(self, project_id: str, tag_id: str) -> Tag | None:
+        if _is_name_row(tag_id):
+            return None
+        try:
+            return Tag.from_entity(self._tags.get_entity(project_id, tag_id))
+        except ResourceNotFoundError:
+            return None
+
+    def find_tag(self, project_id: str, name: str) -> Tag | None:
+        owner = self._owner(self._tags, project_id, name)
+        return self.get_tag(project_id, owner) if owner else None
+
+    def list_tags(self, project_id: str) -> list[Tag]:
+        rows = self._tags.query_entities("PartitionKey eq @pk", parameters={"pk": project_id})
+        return sorted((Tag.from_entity(r) for r in rows if not _is_name_row(r["RowKey"])),
+                      key=lambda t: t.created)
+
+    # --- images -----------------------------------------------------------------------------
+    def add_image(
+        self, project: Project, tag: Tag, facts: ImageFacts, blob_path: str
+    ) -> AddResult:
+        """Record that these bytes carry this tag. Safe to repeat; safe under concurrency.
+
+        The same bytes under a second tag are one image with two tags in a multilabel project, and
+        a ``conflicting_tag`` rejection in a multiclass one.
+        """
+        for _ in range(_MAX_RETRIES):
+            try:
+                entity = self._images.get_entity(project.id, facts.sha256)
+            except ResourceNotFoundError:
+                record = ImageRecord(
+                    project.id, facts.sha256, (tag.id,), (blob_path,), facts.width, facts.height,
+                    facts.format, facts.size_bytes, _now(),
+                )
+                try:
+                    self._images.create_entity(self._image_entity(record))
+                except ResourceExistsError:
+                    continue  # someone else created it: merge into theirs
+                return AddResult(self._settle(record, (tag.id,)), AddStatus.CREATED)
+
+            current = ImageRecord.from_entity(entity)
+            if blob_path in current.blob_paths:
+                # This very blob was recorded already: a redelivered event, or an API upload
+                # (which records before it writes). Its tags are the record's, not the folder's.
+                return AddResult(current, AddStatus.DUPLICATE)
+            if tag.id in current.tag_ids:
+                status = AddStatus.DUPLICATE
+                tag_ids = current.tag_ids
+            elif project.multilabel:
+                status = AddStatus.TAG_ADDED
+                tag_ids = (*current.tag_ids, tag.id)
+            else:
+                raise Rejected(
+                    Reason.CONFLICTING_TAG,
+                    f"the same image is already labelled {self._tag_names(project.id, current)} "
+                    f"in multiclass project {project.name!r}; one image can carry only one tag",
+                )
+            paths = current.blob_paths if blob_path in current.blob_paths else (
+                *current.blob_paths, blob_path)
+            if tag_ids == current.tag_ids and paths == current.blob_paths:
+                return AddResult(current, status)
+            updated = replace(current, tag_ids=tag_ids, blob_paths=paths)
+            try:
+                self._images.update_entity(
+                    self._image_entity(updated),
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue  # changed under us: read again and merge
+            return AddResult(self._settle(updated, (tag.id,)), status)
+        raise RuntimeError(f"could not record image {facts.sha256}: too much contention")
+
+    def get_image(self, project_id: str, sha256: str) -> ImageRecord | None:
+        try:
+            return ImageRecord.from_entity(self._images.get_entity(project_id, sha256))
+        except ResourceNotFoundError:
+            return None
+
+    def iter_images(self, project_id: str) -> Iterator[ImageRecord]:
+        rows = self._images.query_entities("PartitionKey eq @pk", parameters={"pk": project_id})
+        for row in rows:
+            yield ImageRecord.from_entity(row)
+
+    def find_image(self, project_id: str, image_id_: str) -> ImageRecord | None:
+        """The image with this GUID: a RowKey range scan, since the GUID is the hash's prefix."""
+        try:
+            prefix = uuid.UUID(image_id_).hex
+        except ValueError:
+            return None
+        rows = self._images.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": project_id, "lo": prefix, "hi": prefix + "g"},
+        )
+        return next((ImageRecord.from_entity(r) for r in rows), None)
+
+    def list_images(self, project_id: str, tag_ids: set[str] | None = None) -> list[ImageRecord]:
+        """Images of a project; with ``tag_ids``, only those carrying at least one of them."""
+        images = self.iter_images(project_id)
+        if tag_ids is not None:
+            images = (i for i in images if tag_ids.intersection(i.tag_ids))
+        return sorted(images, key=lambda i: (i.created, i.sha256))
+
+    def create_image(
+        self, project: Project, tag_ids: tuple[str, ...], facts: ImageFacts, blob_path: str,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> AddResult:
+        """Record new bytes with any number of tags (none: untagged), as the API uploads them.
+
+        Known bytes are a ``DUPLICATE`` (Custom Vision's ``OKDuplicate``) and are left as they
+        are: tags are changed with :meth:`add_image_tags` and :meth:`remove_image_tags`.
+        """
+        if not project.multilabel and len(tag_ids) > 1:
+            raise Rejected(Reason.CONFLICTING_TAG,
+                           f"multiclass project {project.name!r}: one image carries one tag")
+        record = ImageRecord(project.id, facts.sha256, tuple(dict.fromkeys(tag_ids)),
+                             (blob_path,), facts.width, facts.height, facts.format,
+                             facts.size_bytes, _now(), metadata)
+        try:
+            self._images.create_entity(self._image_entity(record))
+        except ResourceExistsError:
+            existing = self.get_image(project.id, facts.sha256)
+            return AddResult(existing or record, AddStatus.DUPLICATE)
+        return AddResult(self._settle(record, record.tag_ids), AddStatus.CREATED)
+
+    def add_image_tag(self, project: Project, sha256: str, tag_id: str) -> AddStatus | None:
+        """Add one tag to a known image: ``TAG_ADDED``, ``DUPLICATE`` (already there), or None
+        when the image is gone. Raises ``Rejected(conflicting_tag)`` in a multiclass project
+        whose image already carries another tag."""
+
+        def change(r: ImageRecord) -> ImageRecord | None:
+            if tag_id in r.tag_ids:
+                return None
+            if not project.multilabel and r.tag_ids:
+                raise Rejected(Reason.CONFLICTING_TAG,
+                               f"multiclass project {project.name!r}: one image carries one tag")
+            return replace(r, tag_ids=(*r.tag_ids, tag_id))
+
+        result = self._change_image(project.id, sha256, change)
+        if result is None:
+            return None
+        if result[1]:
+            self._settle(result[0], (tag_id,))
+        return AddStatus.TAG_ADDED if result[1] else AddStatus.DUPLICATE
+
+    def remove_image_tags(self, project_id: str, sha256: str, tag_ids: set[str]) -> bool:
+        """Take tags off an image; True when something changed."""
+
+        def change(r: ImageRecord) -> ImageRecord | None:
+            kept = tuple(t for t in r.tag_ids if t not in tag_ids)
+            return None if kept == r.tag_ids else replace(r, tag_ids=kept)
+
+        result = self._change_image(project_id, sha256, change)
+        return bool(result and result[1])
+
+    def update_image_metadata(self, project_id: str, sha256: str, updates: dict[str, str],
+                              max_pairs: int) -> ImageRecord | None:
+        """Set ``updates`` on an image's metadata (other keys stay); the image as it now is, or
+        None when it is gone. Raises :class:`MetadataLimitExceeded` (nothing written) when the
+        image would carry more than ``max_pairs`` pairs."""
+
+        def change(r: ImageRecord) -> ImageRecord | None:
+            merged = {**dict(r.metadata), **updates}
+            if len(merged) > max_pairs:
+                raise MetadataLimitExceeded(len(merged))
+            new = tuple(merged.items())
+            return None if new == r.metadata else replace(r, metadata=new)
+
+        result = self._change_image(project_id, sha256, change)
+        return result[0] if result is not None else None
+
+    def delete_image(self, project_id: str, sha256: str) -> ImageRecord | None:
+        """Delete an image's record (not its blobs: the caller owns those); the deleted record."""
+        record = self.get_image(project_id, sha256)
+        if record is not None:
+            with suppress(ResourceNotFoundError):
+                self._images.delete_entity(project_id, sha256)
+        return record
+
+    # --- renames and deletes (the API) ------------------------------------------------------
+    def create_project_unique(
+        self,
+        name: str,
+        classification_type: str = MULTICLASS,
+        domain_id: str = GENERAL_DOMAIN_ID,
+        description: str = "",
+    ) -> Project:
+        """Create a project, refusing a name that is taken (:class:`NameTaken`).
+
+        :meth:`create_project` returns the existing project instead: right for a drop folder,
+        where the name is the project; wrong for the API, which would silently merge projects.
+        """
+        project = _new_project(name, classification_type, domain_id, description)
+        if not self._create_named(self._projects, _PROJECT_PK, name, _project_entity(project)):
+            raise NameTaken(f"the name {name.strip()!r} is taken")
+        return project
+
+    def update_project(
+        self, project_id: str, name: str | None = None, description: str | None = None,
+        classification_type: str | None = None, domain_id: str | None = None,
+    ) -> Project | None:
+        """Change a project's fields; a new name moves the name row (:class:`NameTaken`)."""
+        if classification_type is not None and classification_type not in CLASSIFICATION_TYPES:
+            raise ValueError(f"classification type must be one of {CLASSIFICATION_TYPES}")
+
+        def fields(current: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "description": current.get("description", "") if description is None
+                else description,
+                "classificationType": classification_type
+                or current.get("classificationType", MULTICLASS),
+                "domainId": domain_id or current.get("domainId", GENERAL_DOMAIN_ID),
+                "lastModified": _now(),
+            }
+
+        if not self._update_named(self._projects, _PROJECT_PK, project_id, name, fields):
+            return None
+        return self.get_project(project_id)
+
+    def delete_project(self, project_id: str) -> Project | None:
+        """Delete a project's rows: images, tags and their names, the project and its name
+        (blobs: the caller, see :mod:`visionpipe.stores.project_delete`).
+
+        The project row goes after the tags and images (a failed delete can be repeated while
+        the project still exists), then the images are swept once more for uploads that raced
+        with it (they check the project after writing, see :meth:`_settle`)."""
+        project = self.get_project(project_id)
+        if project is None:
+            return None
+        self.delete_project_images(project_id)
+        self._delete_partition(self._tags, project_id)
+        self._delete_named(self._projects, _PROJECT_PK, project_id)
+        self.delete_project_images(project_id)
+        self._delete_partition(self._tags, project_id)
+        return project
+
+    def delete_project_images(self, project_id: str) -> list[ImageRecord]:
+        """Delete every image record of a project; the deleted records (their blobs: caller)."""
+        deleted = []
+        for record in list(self.iter_images(project_id)):
+            with suppress(ResourceNotFoundError):
+                self._images.delete_entity(project_id, record.sha256)
+            deleted.append(record)
+        return deleted
+
+    def create_tag(self, project_id: str, name: str, description: str = "") -> Tag:
+        """Create a tag, refusing a name the project already uses (:class:`NameTaken`)."""
+        tag = Tag(str(uuid.uuid4()), project_id, name.strip(), description)
+        if not self._create_named(self._tags, project_id, name, _tag_entity(tag)):
+            raise NameTaken(f"the name {name.strip()!r} is taken")
+        return tag
+
+    def update_tag(
+        self, project_id: str, tag_id: str, name: str | None = None,
+        description: str | None = None,
+    ) -> Tag | None:
+        if _is_name_row(tag_id):
+            return None
+
+        def fields(current: dict[str, Any]) -> dict[str, Any]:
+            return {"description": current.get("description", "") if description is None
+                    else description}
+
+        if not self._update_named(self._tags, project_id, tag_id, name, fields):
+            return None
+        return self.get_tag(project_id, tag_id)
+
+    def delete_tag(self, project_id: str, tag_id: str) -> Tag | None:
+        """Delete a tag and its name, then take it off every image that carries it.
+
+        In this order (the row first, the sweep after) an upload that validated the tag just
+        before it went either is swept here or finds the tag gone after writing (:meth:`_settle`)
+        and takes it off itself."""
+        if _is_name_row(tag_id):
+            return None
+        row = self._delete_named(self._tags, project_id, tag_id)
+        if row is None:
+            return None
+        for record in self.iter_images(project_id):
+            if tag_id in record.tag_ids:
+                self.remove_image_tags(project_id, record.sha256, {tag_id})
+        return Tag.from_entity(row)
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _change_image(
+        self, project_id: str, sha256: str,
+        change: Callable[[ImageRecord], ImageRecord | None],
+    ) -> tuple[ImageRecord, bool] | None:
+        """Read-modify-write one image under its ETag; ``change`` returns None for "no change".
+
+        Returns (record, changed), or None when the image does not exist.
+        """
+        for _ in range(_MAX_RETRIES):
+            try:
+                entity = self._images.get_entity(project_id, sha256)
+            except ResourceNotFoundError:
+                return None
+            current = ImageRecord.from_entity(entity)
+            updated = change(current)
+            if updated is None:
+                return current, False
+            try:
+                self._images.update_entity(
+                    self._image_entity(updated), mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceNotFoundError:
+                return None
+            except ResourceModifiedError:
+                continue
+            return updated, True
+        raise RuntimeError(f"could not change image {sha256}: too much contention")
+
+    def _settle(self, record: ImageRecord, added_tags: tuple[str, ...]) -> ImageRecord:
+        """After writing a record: undo what refers to a project or tag deleted meanwhile.
+
+        The deletes remove their row first and sweep the images after; this reads after writing,
+        so one side always sees the other (see the module docstring). Raises
+        ``Rejected(unknown_project)`` when the project is gone (the record is removed); a gone
+        tag is taken off the record, which is returned as it now is."""
+        if self.get_project(record.project_id) is None:
+            with suppress(ResourceNotFoundError):
+                self._images.delete_entity(record.project_id, record.sha256)
+            raise Rejected(Reason.UNKNOWN_PROJECT, "the project was deleted")
+        gone = {t for t in added_tags if self.get_tag(record.project_id, t) is None}
+        if not gone:
+            return record
+        self.remove_image_tags(record.project_id, record.sha256, gone)
+        return self.get_image(record.project_id, record.sha256) or replace(
+            record, tag_ids=tuple(t for t in record.tag_ids if t not in gone))
+
+    @staticmethod
+    def _owner(table: TableClient, partition: str, name: str) -> str | None:
+        """The id bound to a name, or None."""
+        try:
+            return str(table.get_entity(partition, _name_row_key(name))["id"])
+        except ResourceNotFoundError:
+            return None
+
+    @staticmethod
+    def _create_named(table: TableClient, partition: str, name: str,
+                      entity: dict[str, Any]) -> bool:
+        """Insert an object row and its name row in one transaction; False when the name is
+        taken (then neither is written)."""
+        try:
+            table.submit_transaction([
+                ("create", _name_row(partition, name, entity["RowKey"])),
+                ("create", entity),
+            ])
+        except TableTransactionError as e:
+            if e.error_code == TableErrorCode.ENTITY_ALREADY_EXISTS:
+                return False
+            raise
+        return True
+
+    def _update_named(self, table: TableClient, partition: str, row_key: str,
+                      name: str | None, fields: Callable[[dict[str, Any]], dict[str, Any]]
+                      ) -> bool:
+        """Merge ``fields(current row)`` into an object row; a new ``name`` moves its name row in
+        the same transaction. False when the object does not exist; :class:`NameTaken`."""
+        for _ in range(_MAX_RETRIES):
+            try:
+                current = table.get_entity(partition, row_key)
+            except ResourceNotFoundError:
+                return False
+            new_name = name.strip() if name is not None else current["name"]
+            operations: list[Any] = []
+            if name_key(new_name) != name_key(current["name"]):
+                owner = self._owner(table, partition, new_name)
+                if owner is not None and owner != row_key:
+                    raise NameTaken(f"the name {new_name!r} is taken")
+                if owner is None:
+                    operations.append(("create", _name_row(partition, new_name, row_key)))
+                with suppress(ResourceNotFoundError):
+                    old = table.get_entity(partition, _name_row_key(current["name"]))
+                    if old.get("id") == row_key:
+                        operations.append(("delete", old, _if_unchanged(old)))
+            operations.append((
+                "update",
+                {"PartitionKey": partition, "RowKey": row_key, "name": new_name,
+                 **fields(current)},
+                {"mode": UpdateMode.MERGE, **_if_unchanged(current)},
+            ))
+            try:
+                table.submit_transaction(operations)
+            except TableTransactionError as e:
+                if _lost_race(e):
+                    continue  # the name was taken, or the rows changed: look again
+                raise
+            return True
+        raise RuntimeError(f"could not update {row_key}: too much contention")
+
+    def _delete_named(self, table: TableClient, partition: str,
+                      row_key: str) -> dict[str, Any] | None:
+        """Delete an object row and its name row in one transaction; the deleted row, or None
+        when it did not exist."""
+        for _ in range(_MAX_RETRIES):
+            try:
+                current = table.get_entity(partition, row_key)
+            except ResourceNotFoundError:
+                return None
+            operations: list[Any] = [("delete", current, _if_unchanged(current))]
+            with suppress(ResourceNotFoundError):
+                name_row = table.get_entity(partition, _name_row_key(current["name"]))
+                if name_row.get("id") == row_key:
+                    operations.append(("delete", name_row, _if_unchanged(name_row)))
+            try:
+                table.submit_transaction(operations)
+            except TableTransactionError as e:
+                if _lost_race(e):
+                    continue
+                raise
+            return dict(current)
+        raise RuntimeError(f"could not delete {row_key}: too much contention")
+
+    @staticmethod
+    def _delete_partition(table: TableClient, partition: str) -> None:
+        """Delete every row of one partition (a deleted project's tags and their names)."""
+        rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": partition},
+                                    select=["PartitionKey", "RowKey"])
+        for row in list(rows):
+            with suppress(ResourceNotFoundError):
+                table.delete_entity(partition, row["RowKey"])
+
+    @staticmethod
+    def _image_entity(r: ImageRecord) -> dict[str, Any]:
+        return {
+            "PartitionKey": r.project_id,
+            "RowKey": r.sha256,
+            "imageId": r.id,
+            "tagIds": json.dumps(list(r.tag_ids)),
+            "blobPaths": json.dumps(list(r.blob_paths)),
+            "width": r.width,
+            "height": r.height,
+            "format": r.format,
+            "sizeBytes": r.size_bytes,
+            "created": r.created,
+            "metadata": json.dumps(dict(r.metadata)),
+        }
+
+    def _tag_names(self, project_id: str, record: ImageRecord) -> str:
+        found = (self.get_tag(project_id, t) for t in record.tag_ids)
+        return ", ".join(repr(t.name) for t in found if t is not None) or "another tag"
