@@ -21,6 +21,7 @@ from functions.prediction_store_api import bp as prediction_store_api_bp
 from functions.projects_api import bp as projects_api_bp
 from functions.publish_api import bp as publish_api_bp
 from functions.quicktest_api import bp as quicktest_api_bp
+from functions.regions_api import bp as regions_api_bp
 from functions.tags_api import bp as tags_api_bp
 from functions.training_api import bp as training_api_bp
 from functions.training_control_api import bp as training_control_api_bp
@@ -46,6 +47,7 @@ app.register_functions(projects_api_bp)
 app.register_functions(tags_api_bp)
 app.register_functions(images_api_bp)
 app.register_functions(image_metadata_api_bp)
+app.register_functions(regions_api_bp)
 app.register_functions(visionpipe_api_bp)
 app.register_functions(training_control_api_bp)
 app.register_functions(portal_bp)

@@ -4,6 +4,8 @@
 and ``.../image/nostore`` (multipart/form-data or application/octet-stream), and
 ``.../url`` and ``.../url/nostore`` (body ``{"url": "..."}``, fetched by the one guarded URL
 fetcher). The storing routes keep the prediction and its picture; ``/nostore`` keeps nothing.
+The same four under ``.../detect/iterations/{publishedName}/`` answer an object detection
+iteration's boxes (classify on a detector, or detect on a classifier: 400).
 """
 
 
@@ -17,15 +19,19 @@ CLASSIFY_BASE = ("customvision/{apiVersion}/prediction/{projectId}/classify/iter
                  "{publishedName}")
 CLASSIFY_ROUTE = CLASSIFY_BASE + "/image"
 CLASSIFY_URL_ROUTE = CLASSIFY_BASE + "/url"
+DETECT_BASE = ("customvision/{apiVersion}/prediction/{projectId}/detect/iterations/"
+               "{publishedName}")
+DETECT_ROUTE = DETECT_BASE + "/image"
+DETECT_URL_ROUTE = DETECT_BASE + "/url"
 
 
-def classify(req: func.HttpRequest, *, store: bool) -> func.HttpResponse:
+def classify(req: func.HttpRequest, *, store: bool, detect: bool = False) -> func.HttpResponse:
     # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
     from visionpipe.api.adapter import prediction_call, query
-    from visionpipe.api.prediction import classify_request
+    from visionpipe.api.prediction import classify_request, detect_request
 
     def act() -> dict[str, object]:
-        result = classify_request(
+        result = (detect_request if detect else classify_request)(
             req.route_params["projectId"], req.route_params["publishedName"], req.get_body(),
             req.headers.get("Content-Type"), store=store,
             application=query(req).string("application", max_length=MAX_APPLICATION) or "")
@@ -34,14 +40,15 @@ def classify(req: func.HttpRequest, *, store: bool) -> func.HttpResponse:
     return prediction_call(req, act)
 
 
-def classify_by_url(req: func.HttpRequest, *, store: bool) -> func.HttpResponse:
+def classify_by_url(req: func.HttpRequest, *, store: bool,
+                    detect: bool = False) -> func.HttpResponse:
     from visionpipe.api.adapter import json_body, prediction_call, query
-    from visionpipe.api.prediction import classify_url_request
+    from visionpipe.api.prediction import classify_url_request, detect_url_request
 
     def act() -> dict[str, object]:
         url = json_body(req, required=True).string("url", required=True,
                                                    max_length=MAX_URL_LENGTH)
-        result = classify_url_request(
+        result = (detect_url_request if detect else classify_url_request)(
             req.route_params["projectId"], req.route_params["publishedName"], url or "",
             store=store,
             application=query(req).string("application", max_length=MAX_APPLICATION) or "")
@@ -74,3 +81,29 @@ def classify_image_url(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 def classify_image_url_nostore(req: func.HttpRequest) -> func.HttpResponse:
     return classify_by_url(req, store=False)
+
+
+@bp.function_name("detect_image")
+@bp.route(route=DETECT_ROUTE, methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def detect_image(req: func.HttpRequest) -> func.HttpResponse:
+    return classify(req, store=True, detect=True)
+
+
+@bp.function_name("detect_image_nostore")
+@bp.route(route=DETECT_ROUTE + "/nostore", methods=["POST"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def detect_image_nostore(req: func.HttpRequest) -> func.HttpResponse:
+    return classify(req, store=False, detect=True)
+
+
+@bp.function_name("detect_image_url")
+@bp.route(route=DETECT_URL_ROUTE, methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def detect_image_url(req: func.HttpRequest) -> func.HttpResponse:
+    return classify_by_url(req, store=True, detect=True)
+
+
+@bp.function_name("detect_image_url_nostore")
+@bp.route(route=DETECT_URL_ROUTE + "/nostore", methods=["POST"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+def detect_image_url_nostore(req: func.HttpRequest) -> func.HttpResponse:
+    return classify_by_url(req, store=False, detect=True)

@@ -50,7 +50,9 @@ def test_domains(trainer: CustomVisionTrainingClient) -> None:
     domains = trainer.get_domains()
     general = next(d for d in domains if d.name == "General")
     assert general.id == GENERAL_DOMAIN_ID
-    assert all(d.type == "Classification" and d.exportable and d.enabled for d in domains)
+    assert all(d.type in ("Classification", "ObjectDetection") and d.exportable and d.enabled
+               for d in domains)
+    assert sum(d.type == "ObjectDetection" for d in domains) == 6
     assert trainer.get_domain(FOOD_DOMAIN_ID).name == "Food"
     with pytest.raises(CustomVisionErrorException) as exc:
         trainer.get_domain(str(uuid.uuid4()))

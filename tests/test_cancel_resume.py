@@ -252,7 +252,7 @@ def test_killed_job_resumes_from_its_last_checkpoint(storage: Storage, tmp_path:
     queues.send(storage, request_body(project.id, iteration_id))
     visibility, epochs, kill_after = 3, 10, 5
     extra = ("--epochs", str(epochs), "--patience", str(epochs),
-             "--visibility-timeout", str(visibility))
+             "--visibility-timeout", str(visibility), "--checkpoint-every", "0")
     argv = [sys.executable, "-m", "training_job", "--once", *job_argv(queues, tmp_path, *extra)]
     proc = subprocess.Popen(argv, cwd=REPO, env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

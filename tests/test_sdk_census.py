@@ -39,6 +39,10 @@ QUICKSTART = "tests/test_sdk_quickstart.py::test_custom_vision_python_quickstart
 SURFACE = "tests/test_sdk_surface.py"
 PROJECTS = "tests/test_api_projects.py"
 IMAGES = "tests/test_api_images.py"
+DETECTION = "tests/test_detection_api.py"
+REGIONS = f"{DETECTION}::test_regions_at_upload_added_listed_and_deleted"
+DETECT = f"{DETECTION}::test_detect_image_and_url_store_and_nostore"
+SUGGESTIONS = f"{DETECTION}::test_region_proposals_and_suggestions_come_from_a_trained_detector"
 
 #: Operation -> a test that calls it through the SDK against the local host.
 EXERCISED: dict[str, str] = {
@@ -73,6 +77,11 @@ EXERCISED: dict[str, str] = {
     "get_untagged_image_count": f"{IMAGES}::test_multipart_and_raw_uploads",
     "update_image_metadata":
         f"{SURFACE}::test_image_metadata_is_set_at_upload_updated_and_returned",
+    # training: object detection regions
+    "create_image_regions": REGIONS,
+    "delete_image_regions": REGIONS,
+    "get_image_region_proposals": SUGGESTIONS,
+    "suggest_tags_and_regions": SUGGESTIONS,
     # training: training, iterations, publishing, export, artifacts
     "train_project": QUICKSTART,
     "get_iteration": QUICKSTART,
@@ -100,22 +109,16 @@ EXERCISED: dict[str, str] = {
     "classify_image_url": f"{SURFACE}::test_classify_image_url_stores_and_nostore_keeps_nothing",
     "classify_image_url_with_no_store":
         f"{SURFACE}::test_classify_image_url_stores_and_nostore_keeps_nothing",
+    "detect_image": DETECT,
+    "detect_image_with_no_store": DETECT,
+    "detect_image_url": DETECT,
+    "detect_image_url_with_no_store": DETECT,
 }
 
-_DETECTION = ("object detection: visionpipe trains image classification only (Multiclass and "
-              "Multilabel)")
 _PROJECT_TRANSFER = "project export and import: not yet"
 
 #: Operation -> why it is not served; must equal the README's table.
 NOT_SUPPORTED: dict[str, str] = {
-    "create_image_regions": _DETECTION,
-    "delete_image_regions": _DETECTION,
-    "get_image_region_proposals": _DETECTION,
-    "suggest_tags_and_regions": _DETECTION,
-    "detect_image": _DETECTION,
-    "detect_image_url": _DETECTION,
-    "detect_image_url_with_no_store": _DETECTION,
-    "detect_image_with_no_store": _DETECTION,
     "export_project": _PROJECT_TRANSFER,
     "import_project": _PROJECT_TRANSFER,
 }

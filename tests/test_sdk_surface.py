@@ -151,14 +151,19 @@ def test_the_catch_all_leaves_other_routes_alone(local_host: str) -> None:
                      headers=TRAINING).status_code == 404
 
 
-def test_detection_projects_are_refused_as_such(trainer: CustomVisionTrainingClient) -> None:
-    with pytest.raises(CustomVisionErrorException) as raised:
-        trainer.create_project(f"det-{uuid.uuid4().hex[:8]}", domain_id=DETECTION_GENERAL)
-    assert raised.value.error.code == "BadRequestProjectUnknownDomain"
-    assert "object detection" in raised.value.error.message.lower()
+def test_detection_projects_are_accepted(trainer: CustomVisionTrainingClient) -> None:
+    """An object detection domain makes an object detection project (it used to be refused);
+    an unknown domain id is still refused."""
+    created = trainer.create_project(f"det-{uuid.uuid4().hex[:8]}", domain_id=DETECTION_GENERAL)
+    try:
+        assert created.settings.domain_id == DETECTION_GENERAL
+        assert trainer.get_project(created.id).settings.domain_id == DETECTION_GENERAL
+        assert trainer.get_domain(DETECTION_GENERAL).type == "ObjectDetection"
+    finally:
+        trainer.delete_project(created.id)
     with pytest.raises(CustomVisionErrorException) as unknown:
         trainer.create_project(f"det-{uuid.uuid4().hex[:8]}", domain_id=str(uuid.uuid4()))
-    assert "object detection" not in unknown.value.error.message.lower()
+    assert unknown.value.error.code == "BadRequestProjectUnknownDomain"
 
 
 # --- classify by URL ----------------------------------------------------------------------------
@@ -416,10 +421,10 @@ def test_every_listed_domain_is_accepted_compact_ones_included(
     trainer: CustomVisionTrainingClient,
 ) -> None:
     """``get_domains`` and project creation agree (the README says compact domains are
-    supported); object detection domains are not listed while they are refused."""
+    supported), object detection domains included."""
     listed = trainer.get_domains()
     assert any("(compact)" in d.name for d in listed)
-    assert not {d.id for d in listed} & DETECTION_DOMAIN_IDS
+    assert {d.id for d in listed} >= DETECTION_DOMAIN_IDS
     for domain in listed:
         created = trainer.create_project(f"dom-{uuid.uuid4().hex[:8]}", domain_id=domain.id)
         try:

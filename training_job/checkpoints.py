@@ -1,8 +1,9 @@
 """Per-epoch training checkpoints in blob storage, so a killed job resumes instead of restarting.
 
 One blob per iteration, ``datasets/{projectId}/{iterationId}.checkpoint.pt`` (beside the
-iteration's dataset snapshot, outside ``models/`` so serving and export never see it), overwritten
-after every epoch and deleted once the iteration is registered, Failed or Canceled. It carries an
+iteration's dataset snapshot, outside ``models/`` so serving and export never see it),
+overwritten after an epoch (at most one save every ``--checkpoint-every`` seconds, and after the
+last epoch) and deleted once the iteration is registered, Failed or Canceled. It carries an
 identity (the dataset fingerprint and the options that shape training): a redelivered request
 resumes only from a checkpoint of the very same training, anything else starts fresh.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from contextlib import suppress
 from typing import Any
 
@@ -43,8 +45,10 @@ class BlobCheckpoints(Checkpoints):
     """:class:`training_job.train.Checkpoints` in the ``datasets`` container."""
 
     def __init__(self, storage: Storage, project_id: str, iteration_id: str,
-                 identity: dict[str, Any]) -> None:
+                 identity: dict[str, Any], every_s: float = 0.0) -> None:
         self._storage = storage
+        self._every_s = every_s
+        self._last = time.monotonic()
         self._project_id = project_id
         self._iteration_id = iteration_id
         self._blob = storage.container(names.DATASETS).get_blob_client(
@@ -66,7 +70,13 @@ class BlobCheckpoints(Checkpoints):
             return None
         return state
 
+    def due(self) -> bool:
+        """At most one save every ``every_s`` seconds (0: after every epoch): a kill loses at
+        most that much training, and short epochs do not pay an upload each."""
+        return time.monotonic() - self._last >= self._every_s
+
     def save(self, state: dict[str, Any]) -> None:
+        self._last = time.monotonic()
         buf = io.BytesIO()
         torch.save({**state, "identity": self._identity}, buf)
         try:

@@ -98,6 +98,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     t.add_argument("--kfold-repeats", type=int, default=2)
     t.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
                    help="do not keep per-epoch checkpoints (a killed job then starts over)")
+    t.add_argument("--checkpoint-every", type=float, default=60.0,
+                   help="seconds: at most one checkpoint save per this long (0: every epoch)")
     t.add_argument("--cache-dir", type=Path,
                    default=Path.home() / ".cache" / "visionpipe" / "images",
                    help="local cache of training images (keyed by sha256)")
@@ -118,6 +120,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         min_images_per_tag=args.min_images_per_tag, seed=args.seed,
         kfold_below=args.kfold_below, kfold_folds=args.kfold_folds,
         kfold_repeats=args.kfold_repeats, checkpoints=args.checkpoints,
+        checkpoint_every_s=args.checkpoint_every,
     )
 
 

@@ -90,6 +90,7 @@ class JobOptions:
     kfold_folds: int = 3
     kfold_repeats: int = 2
     checkpoints: bool = True  # per epoch, in blob storage: a killed job resumes from there
+    checkpoint_every_s: float = 60.0  # at most one checkpoint save per this many seconds
 
     @property
     def spec(self) -> PreprocessingSpec:
@@ -230,7 +231,7 @@ def train_iteration(
         "weights": built.weights, "spec": spec.to_dict(), "epochs": config.epochs,
         "batchSize": config.batch_size, "lr": config.lr, "seed": config.seed,
         "trainingType": request.training_type,
-    }) if options.checkpoints else None
+    }, every_s=options.checkpoint_every_s) if options.checkpoints else None
 
     def on_epoch(r: EpochResult) -> None:
         progress(_progress("training", r.epoch, r.epochs, round(r.train_loss, 5),

@@ -42,6 +42,11 @@ class Checkpoints:
     def load(self) -> dict[str, Any] | None:
         return None
 
+    def due(self) -> bool:
+        """Whether to save after this epoch (saving costs a copy and an upload of the model and
+        the optimiser: an implementation may space saves out in time)."""
+        return True
+
     def save(self, state: dict[str, Any]) -> None:
         return None
 
@@ -344,7 +349,7 @@ def fit(
                  "%.1fs (%.1fs waiting for data)%s", epoch, config.epochs, train_loss, val_loss,
                  metric, epoch_result.images_per_s, seconds, waited,
                  " *best*" if result.best_epoch == epoch else "")
-        if checkpoints is not None:
+        if checkpoints is not None and (checkpoints.due() or epoch == config.epochs):
             checkpoints.save({
                 "epoch": epoch, "model": trainer.state(), "training": trainer.training_state(),
                 "best": None if result.best_epoch == epoch else best_state,

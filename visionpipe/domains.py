@@ -1,9 +1,11 @@
-"""Custom Vision's image classification domains, with the service's own GUIDs.
+"""Custom Vision's domains (image classification and object detection), with the service's GUIDs.
 
 Clients pass a domain id when they create a project, and some look domains up by name first
-(``next(d for d in get_domains() if d.name == "General")``), so the ids and names are the
-service's. visionpipe trains the same kind of model for every domain and every model exports to
-ONNX, so every domain here is exportable; object detection domains are not offered.
+(``next(d for d in get_domains() if d.name == "General")``; the detection quickstart looks for
+``d.type == "ObjectDetection" and d.name == "General"``), so the ids, names and types are the
+service's (the Custom Vision docs' "select a domain" page). Two domains may share a name ("General"
+is both a classification and a detection domain): the type tells them apart. visionpipe trains one
+model family per project type and every model exports to ONNX, so every domain is exportable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from visionpipe.messages import EXPORT_FLAVORS
 #: Custom Vision's General classification domain: the default for new projects.
 GENERAL_DOMAIN_ID = "ee85a74c-405e-4adc-bb47-ffa8ca0c9f31"
 CLASSIFICATION = "Classification"
+OBJECT_DETECTION = "ObjectDetection"
+DOMAIN_TYPES = (CLASSIFICATION, OBJECT_DETECTION)
 #: Every domain exports to every platform the export worker offers (visionpipe trains one model
 #: family for all of them), as the iteration's ``exportableTo`` says.
 EXPORT_PLATFORMS = tuple(EXPORT_FLAVORS)
@@ -25,12 +29,17 @@ class Domain:
     id: str
     name: str
     compact: bool = False
+    type: str = CLASSIFICATION
+
+    @property
+    def detection(self) -> bool:
+        return self.type == OBJECT_DETECTION
 
     def to_dict(self) -> dict[str, object]:
         return {
             "id": self.id,
             "name": self.name,
-            "type": CLASSIFICATION,
+            "type": self.type,
             "exportable": True,
             "enabled": True,
             "exportablePlatforms": list(EXPORT_PLATFORMS),
@@ -53,27 +62,33 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("6b4faeda-8396-481b-9f8b-177b9fa3097f", "Retail (compact)", compact=True),
 )
 
-_BY_ID = {d.id: d for d in DOMAINS}
+#: Custom Vision's object detection domains (the select-domain page of the Custom Vision docs).
+DETECTION_DOMAINS: tuple[Domain, ...] = (
+    Domain("da2e3a8a-40a5-4171-82f4-58522f70fbc1", "General", type=OBJECT_DETECTION),
+    Domain("9c616dff-2e7d-ea11-af59-1866da359ce6", "General [A1]", type=OBJECT_DETECTION),
+    Domain("1d8ffafe-ec40-4fb2-8f90-72b3b6cecea4", "Logo", type=OBJECT_DETECTION),
+    Domain("3780a898-81c3-4516-81ae-3a139614e1f3", "Products on Shelves", type=OBJECT_DETECTION),
+    Domain("a27d5ca5-bb19-49d8-a70a-fec086c47f5b", "General (compact)", compact=True,
+           type=OBJECT_DETECTION),
+    Domain("7ec2ac80-887b-48a6-8df9-8b1357765430", "General (compact) [S1]", compact=True,
+           type=OBJECT_DETECTION),
+)
+GENERAL_DETECTION_DOMAIN_ID = DETECTION_DOMAINS[0].id
+DETECTION_DOMAIN_IDS = frozenset(d.id for d in DETECTION_DOMAINS)
+ALL_DOMAINS: tuple[Domain, ...] = DOMAINS + DETECTION_DOMAINS
 
-#: Custom Vision's object detection domains (General, General [A1], Logo, Products on Shelves,
-#: General (compact), General (compact) [S1]): not offered, but named, so a project asking for one
-#: is told that detection is what is missing, not that the id is unknown.
-DETECTION_DOMAIN_IDS = frozenset({
-    "da2e3a8a-40a5-4171-82f4-58522f70fbc1",
-    "9c616dff-2e7d-ea11-af59-1866da359ce6",
-    "1d8ffafe-ec40-4fb2-8f90-72b3b6cecea4",
-    "3780a898-81c3-4516-81ae-3a139614e1f3",
-    "a27d5ca5-bb19-49d8-a70a-fec086c47f5b",
-    "7ec2ac80-887b-48a6-8df9-8b1357765430",
-})
-DETECTION_NOT_SUPPORTED = ("object detection projects are not supported yet: visionpipe trains "
-                           "image classification (Multiclass or Multilabel) only; choose a "
-                           "classification domain (see GET domains)")
+_BY_ID = {d.id: d for d in ALL_DOMAINS}
 
 
 def is_detection_domain(domain_id: str) -> bool:
     """True for one of Custom Vision's object detection domain ids."""
     return domain_id.strip().lower() in DETECTION_DOMAIN_IDS
+
+
+def domain_type(domain_id: str) -> str:
+    """``Classification`` or ``ObjectDetection``: the type of the project's domain (an unknown id,
+    e.g. a row written before detection existed, is a classification domain)."""
+    return OBJECT_DETECTION if is_detection_domain(domain_id) else CLASSIFICATION
 
 
 def get_domain(domain_id: str) -> Domain | None:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionpipe.detection_decode import DOMAIN_TYPE as OBJECT_DETECTION
+from visionpipe.detection_decode import DetectionPreprocessing
 from visionpipe.preprocessing import PreprocessingSpec
 
 SCHEMA_VERSION = 1
@@ -19,6 +21,7 @@ MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 PR_CURVE_FILE = "pr_curve.png"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+CLASSIFICATION = "Classification"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,16 @@ class Manifest:
     timings: dict[str, float] = field(default_factory=dict)
     created: str = ""
     schema_version: int = SCHEMA_VERSION
+    # Object detection (visionpipe.detection_decode.detection_manifest_fields): the domain type,
+    # the detector's own preprocessing (stretch, no crop; ``preprocessing`` then holds only its
+    # normalisation) and the ``detection`` block describing the graph's outputs.
+    domain_type: str = CLASSIFICATION
+    detection_preprocessing: DetectionPreprocessing | None = None
+    detection: dict[str, Any] | None = None
+
+    @property
+    def is_detection(self) -> bool:
+        return self.domain_type == OBJECT_DETECTION
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,7 +77,15 @@ class Manifest:
             "metrics": self.metrics,
             "timings": self.timings,
             "created": self.created,
+            "domainType": self.domain_type,
+            **self._detection_fields(),
         }
+
+    def _detection_fields(self) -> dict[str, Any]:
+        if not self.is_detection or self.detection_preprocessing is None:
+            return {}
+        return {"preprocessing": self.detection_preprocessing.to_dict(),
+                "detection": self.detection or {}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -74,12 +95,21 @@ class Manifest:
         if int(d.get("schemaVersion", 0)) != SCHEMA_VERSION:
             raise ValueError(f"unsupported manifest schema version {d.get('schemaVersion')!r}")
         onnx = d["onnx"]
+        domain_type = d.get("domainType") or CLASSIFICATION
+        detection_prep = None
+        if domain_type == OBJECT_DETECTION:
+            detection_prep = DetectionPreprocessing.from_dict(d["preprocessing"])
+            if not isinstance(d.get("detection"), dict):
+                raise ValueError("a detection manifest needs its detection block")
+        elif domain_type != CLASSIFICATION:
+            raise ValueError(f"unknown domain type {domain_type!r}")
         return cls(
             project_id=d["projectId"],
             iteration_id=d["iterationId"],
             classification_type=d["classificationType"],
             tags=tuple(TagOutput(t["id"], t["name"]) for t in d["tags"]),
-            preprocessing=PreprocessingSpec.from_dict(d["preprocessing"]),
+            preprocessing=(detection_prep.normalization() if detection_prep is not None
+                           else PreprocessingSpec.from_dict(d["preprocessing"])),
             backbone=d["backbone"],
             pretrained=bool(d["pretrained"]),
             onnx_opset=int(onnx["opset"]),
@@ -88,6 +118,9 @@ class Manifest:
             metrics=d.get("metrics", {}),
             timings=d.get("timings", {}),
             created=d.get("created", ""),
+            domain_type=domain_type,
+            detection_preprocessing=detection_prep,
+            detection=d.get("detection") if detection_prep is not None else None,
         )
 
     @classmethod

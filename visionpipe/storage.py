@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from visionpipe import names
@@ -186,5 +187,13 @@ def get_storage() -> Storage:
     return Storage(get_settings().storage)
 
 
-
 on_reset(get_storage.cache_clear)
+
+
+@cache
+def io_pool(purpose: str) -> ThreadPoolExecutor:
+    """A few threads for storage writes a request can overlap (a drop-folder result and its
+    store row; a kept prediction picture and its thumbnail), one pool per ``purpose``, shared by
+    the process and created on first use. Separate pools, because work in one pool waits on work
+    in another (a drop-folder write keeps its picture): a shared pool could fill with waiters."""
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"visionpipe-{purpose}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -30,6 +31,7 @@ from visionpipe.api.adapter import WithStatus
 from visionpipe.api.errors import ApiError
 from visionpipe.api.models import REASON_STATUS, ImageCreateResult, ImageStatus
 from visionpipe.api.projects import require_project
+from visionpipe.api.regions import BadRegion, Box, require_detection, upload_regions
 from visionpipe.api.values import Values, is_id
 from visionpipe.blob_names import is_safe_blob_name
 from visionpipe.pipeline.ingest import API_TAGS_METADATA, API_UPLOAD_MARKER, UNTAGGED_FOLDER
@@ -40,6 +42,7 @@ from visionpipe.stores.label_store import (
     AddStatus,
     ImageFacts,
     ImageRecord,
+    ImageRegion,
     LabelStore,
     MetadataLimitExceeded,
     Project,
@@ -97,6 +100,7 @@ class Upload:
     error: ImageStatus | None = None
     detail: str = ""
     metadata: tuple[tuple[str, str], ...] = ()  # the batch's metadata, set on a new image
+    regions: tuple[tuple[str, Box], ...] = ()  # (tag id, box): a detection image's regions
 
 
 def blob_path(project: Project, tag: Tag | None, image_id: str, fmt: str) -> str:
@@ -118,6 +122,8 @@ def create_images(ctx: Context, project_id: str, uploads: Sequence[Upload]) -> W
     project = require_project(ctx.store, project_id)
     if not 0 < len(uploads) <= MAX_BATCH:
         raise image_batch_error(len(uploads))
+    if any(u.regions for u in uploads):
+        require_detection(project)
     tags = {t.id: t for t in ctx.store.list_tags(project_id)}
     # A few at a time: validation releases the GIL in Pillow, storage calls wait on the network.
     with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(uploads))) as pool:
@@ -135,9 +141,11 @@ def _create_one(ctx: Context, project: Project, tags: dict[str, Tag],
     tag_ids = _tag_ids(upload.tag_ids)
     if len(tag_ids) > MAX_TAGS_PER_IMAGE:
         return fail(ImageStatus.ERROR_TAG_LIMIT_EXCEED, f"over {MAX_TAGS_PER_IMAGE} tags")
-    unknown = [t for t in tag_ids if t not in tags]
+    unknown = [t for t in (*tag_ids, *(t for t, _ in upload.regions)) if t not in tags]
     if unknown:
-        return fail(ImageStatus.ERROR_INVALID_TAG, f"unknown tag ids {unknown}")
+        return fail(ImageStatus.ERROR_INVALID_TAG, f"unknown tag ids {sorted(set(unknown))}")
+    regions = tuple(ImageRegion(str(uuid.uuid4()), t, *box)
+                    for t, box in dict.fromkeys(upload.regions))
 
     from visionpipe.validation import validate_image
 
@@ -146,13 +154,14 @@ def _create_one(ctx: Context, project: Project, tags: dict[str, Tag],
         return fail(REASON_STATUS.get(checked.reason, ImageStatus.ERROR_UNKNOWN),
                     f"{checked.reason}: {checked.message}")
     facts = ImageFacts.of(checked)
-    path = blob_path(project, tags[tag_ids[0]] if tag_ids else None,
+    folder_tags = tag_ids or tuple(r.tag_id for r in regions)
+    path = blob_path(project, tags[folder_tags[0]] if folder_tags else None,
                      image_id(checked.sha256), checked.format)
     if not is_safe_blob_name(path):
         return fail(ImageStatus.ERROR_UNKNOWN, "the project or tag name cannot name a folder")
     try:
         status, record = _store_image(ctx, project, tag_ids, facts, path, upload.data,
-                                      upload.metadata)
+                                      upload.metadata, regions)
     except Rejected as e:
         return fail(REASON_STATUS.get(e.rejection.reason, ImageStatus.ERROR_UNKNOWN),
                     f"{e.rejection.reason}: {e.rejection.message}")
@@ -197,8 +206,8 @@ def _discard(ctx: Context, path: str, etag: str) -> None:
 
 
 def _store_image(ctx: Context, project: Project, tag_ids: tuple[str, ...], facts: ImageFacts,
-                 path: str, data: bytes, metadata: tuple[tuple[str, str], ...] = ()
-                 ) -> tuple[ImageStatus, ImageRecord]:
+                 path: str, data: bytes, metadata: tuple[tuple[str, str], ...] = (),
+                 regions: tuple[ImageRegion, ...] = ()) -> tuple[ImageStatus, ImageRecord]:
     """Blob first (when absent), then the record; ``OK`` or ``OKDuplicate`` and the record.
 
     A crash between the two leaves a marked blob that ingest records, or that this function
@@ -210,7 +219,7 @@ def _store_image(ctx: Context, project: Project, tag_ids: tuple[str, ...], facts
                        f"multiclass project {project.name!r}: one image carries one tag")
     etag = _write_if_absent(ctx, path, data, facts.format, tag_ids)
     try:
-        added = ctx.store.create_image(project, tag_ids, facts, path, metadata)
+        added = ctx.store.create_image(project, tag_ids, facts, path, metadata, regions)
     except Rejected:
         if etag is not None:
             _discard(ctx, path, etag)
@@ -286,6 +295,19 @@ def _bad_entry(tags: Sequence[str], url: str | None = None) -> Upload:
                   "tagIds must be a list of tag ids")
 
 
+def _entry_regions(entry: Values) -> tuple[tuple[str, Box], ...] | Upload:
+    """An entry's ``regions`` (checked as ``POST images/regions`` checks them), or the failed
+    upload that says why (over 300: ``ErrorRegionLimitExceed``)."""
+    try:
+        return upload_regions(entry)
+    except BadRegion as e:
+        status = (ImageStatus.ERROR_REGION_LIMIT_EXCEED if e.reason == Reason.TOO_MANY_REGIONS
+                  else ImageStatus.ERROR_UNKNOWN)
+        raw = entry.get("url")
+        return Upload(None, (), raw if isinstance(raw, str) else None, status,
+                      f"{e.reason}: {e}")
+
+
 def with_metadata(uploads: list[Upload], batch: Values) -> list[Upload]:
     """The batch's ``metadata`` (v3.4-preview: one set for every image of the batch) on each
     upload; a bad one refuses the whole batch with the code update_image_metadata uses."""
@@ -307,6 +329,10 @@ def _uploads_from_files(batch: Values) -> list[Upload]:
             uploads.append(_bad_entry(shared))
             continue
         tags = _tag_ids(shared, own)
+        regions = _entry_regions(entry)
+        if isinstance(regions, Upload):
+            uploads.append(regions)
+            continue
         contents = entry.get("contents")
         try:
             if not isinstance(contents, str):
@@ -316,7 +342,7 @@ def _uploads_from_files(batch: Values) -> list[Upload]:
             uploads.append(Upload(None, tags, error=ImageStatus.ERROR_IMAGE_FORMAT,
                                   detail="contents is not base64"))
             continue
-        uploads.append(Upload(data, tags))
+        uploads.append(Upload(data, tags, regions=regions))
     return uploads
 
 
@@ -337,8 +363,11 @@ def uploads_from_urls(batch: Values, max_bytes: int) -> list[Upload]:
         if own is None:
             return _bad_entry(shared, url)
         tags = _tag_ids(shared, own)
+        regions = _entry_regions(entry)
+        if isinstance(regions, Upload):
+            return regions
         try:
-            return Upload(fetch(raw, max_bytes), tags, url)
+            return Upload(fetch(raw, max_bytes), tags, url, regions=regions)
         except FetchError as e:
             return Upload(None, tags, url, ImageStatus.ERROR_SOURCE, str(e))
 
@@ -366,6 +395,10 @@ def _uploads_from_predictions(ctx: Context, project_id: str, batch: Values) -> l
             uploads.append(_bad_entry(shared))
             continue
         tags = _tag_ids(shared, own)
+        regions = _entry_regions(entry)
+        if isinstance(regions, Upload):
+            uploads.append(regions)
+            continue
         prediction_id = entry.get("id")
         stored = (predictions.get(project_id, prediction_id)
                   if isinstance(prediction_id, str) and is_id(prediction_id) else None)
@@ -380,7 +413,7 @@ def _uploads_from_predictions(ctx: Context, project_id: str, batch: Values) -> l
             uploads.append(Upload(None, tags, error=ImageStatus.ERROR_SOURCE,
                                   detail="the predicted image is gone"))
             continue
-        uploads.append(Upload(data, tags))
+        uploads.append(Upload(data, tags, regions=regions))
     return uploads
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from visionpipe.api.adapter import WithStatus
 from visionpipe.rejections import Reason
-from visionpipe.stores.label_store import ImageRecord, Project, Tag
+from visionpipe.stores.label_store import ImageRecord, ImageRegion, Project, Tag
 from visionpipe.timestamps import iso
 
 REGULAR_TAG = "Regular"
@@ -44,6 +45,9 @@ def project_to_dict(project: Project) -> dict[str, Any]:
         "thumbnailUri": None,
         "drModeEnabled": False,
         "status": "Succeeded",
+        # visionpipe extension (clients ignore unknown fields): the type of the project's domain,
+        # Classification or ObjectDetection, so a client need not look the domain up.
+        "domainType": project.domain_type,
     }
 
 
@@ -72,8 +76,25 @@ def image_to_dict(record: ImageRecord, tags: Mapping[str, Tag],
             {"tagId": t, "tagName": tags[t].name, "created": iso(record.created)}
             for t in record.tag_ids if t in tags
         ] or None,
-        "regions": None,
+        "regions": [region_to_dict(g, tags, record.created) for g in record.regions
+                    if g.tag_id in tags] or None,
         "metadata": dict(record.metadata) or None,
+    }
+
+
+def region_to_dict(region: ImageRegion, tags: Mapping[str, Tag],
+                   created: datetime) -> dict[str, Any]:
+    """An ``ImageRegion``: the box, its tag, and its id (what ``delete_image_regions`` takes)."""
+    tag = tags.get(region.tag_id)
+    return {
+        "regionId": region.region_id,
+        "tagName": tag.name if tag is not None else None,
+        "created": iso(created),
+        "tagId": region.tag_id,
+        "left": region.left,
+        "top": region.top,
+        "width": region.width,
+        "height": region.height,
     }
 
 
@@ -88,6 +109,7 @@ class ImageStatus(StrEnum):
     ERROR_STORAGE = "ErrorStorage"
     ERROR_LIMIT_EXCEED = "ErrorLimitExceed"
     ERROR_TAG_LIMIT_EXCEED = "ErrorTagLimitExceed"
+    ERROR_REGION_LIMIT_EXCEED = "ErrorRegionLimitExceed"
     ERROR_UNKNOWN = "ErrorUnknown"
     ERROR_IMAGE_DIMENSIONS = "ErrorImageDimensions"
     ERROR_INVALID_TAG = "ErrorInvalidTag"

@@ -1,13 +1,18 @@
-"""The HTTP prediction routes: ``/classify/iterations/{publishedName}/{image|url}[/nostore]``.
+"""The HTTP prediction routes: ``/classify/iterations/{publishedName}/{image|url}[/nostore]``
+and, for object detection iterations, ``/detect/iterations/{publishedName}/{image|url}[/nostore]``.
 
 Custom Vision's prediction API (v3.0 and v3.1) and the training API's quick test classify through
-:func:`classify_image`, so both refuse the same images with the same codes. Errors are raised as
-:class:`~visionpipe.api.errors.ApiError` in the service's shape.
+:func:`classify_image`, so both refuse the same images with the same codes; :func:`detect_image`
+is its twin for detectors. Classify on a detector (or detect on a classifier) is a 400
+``BadRequestNotSupported``. Errors are raised as :class:`~visionpipe.api.errors.ApiError` in the
+service's shape.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from datetime import UTC, datetime
 
 from visionpipe.api import errors as api_errors
 from visionpipe.api.multipart import BadBody, image_from_body
@@ -17,13 +22,14 @@ from visionpipe.serving.core import (
     NoPublishedIteration,
     ServingCore,
     UndecodableImage,
+    WrongDomainType,
     get_serving,
 )
 from visionpipe.serving.results import PredictionResult
 from visionpipe.settings import ImageLimits, get_settings
 from visionpipe.storage import Storage, get_storage
 from visionpipe.stores import prediction_images
-from visionpipe.stores.prediction_store import SOURCE_API, PredictionStore
+from visionpipe.stores.prediction_store import SOURCE_API, PredictionStore, TagProbability
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +76,30 @@ def classify_image(core: ServingCore, project_id: str, iteration_id: str, data: 
         classification = core.session(project_id, iteration_id).classify(checked)
     except UndecodableImage as e:
         raise api_errors.bad_request("BadRequestImageFormat", f"{e} ({Reason.CORRUPT})") from e
+    except WrongDomainType as e:  # before its base class: the caller's mistake, a 400
+        raise wrong_domain_type(str(e)) from e
     except ModelUnavailable as e:
         log.error("prediction %s/%s: %s", project_id, iteration_id, e)
         raise api_errors.model_unavailable(str(e)) from e
     result = PredictionResult.from_classification(classification)
+    _keep(result, project_id, data, checked.image.format, checked.sha256, store=store,
+          publish_name=publish_name, application=application, storage=storage)
+    return result
+
+
+def wrong_domain_type(message: str) -> api_errors.ApiError:
+    return api_errors.bad_request("BadRequestNotSupported", message)
+
+
+def _keep(result: PredictionResult, project_id: str, data: bytes, fmt: str, sha256: str, *,
+          store: bool, publish_name: str, application: str, storage: Storage | None) -> None:
+    """The storing routes keep the picture first, then the row that names it."""
     if store:  # the picture first, then the row that names it (as the service keeps both)
         storage = storage or get_storage()
-        kept = prediction_images.keep(storage, project_id, result.id, data,
-                                      checked.image.format)
+        kept = prediction_images.keep(storage, project_id, result.id, data, fmt)
         PredictionStore(storage).record(result.stored(
-            SOURCE_API, publish_name=publish_name, image_sha256=checked.sha256,
+            SOURCE_API, publish_name=publish_name, image_sha256=sha256,
             application=application, blob_path=kept))
-    return result
 
 
 def classify_url_request(
@@ -108,3 +126,72 @@ def classify_url_request(
     data = fetch_image(url, limits.max_bytes)
     return classify_image(core, project_id, publication.iteration_id, data, limits,
                           store=store, publish_name=published_name, application=application)
+
+
+# --- object detection ---------------------------------------------------------------------------
+def detect_image(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
+                 limits: ImageLimits, *, store: bool, publish_name: str = "",
+                 application: str = "", storage: Storage | None = None) -> PredictionResult:
+    """Validate, detect and (``store``) record one image: ``predictions`` are boxes, best first,
+    at most the manifest's ``maxDetections`` (200), no threshold beyond its tiny floor."""
+    if not data:
+        raise api_errors.image_stream_missing()
+    checked = core.prepare(project_id, data, limits, iteration_id=iteration_id)
+    if isinstance(checked, Rejection):
+        raise api_errors.from_rejection(checked)
+    try:
+        detection = core.session(project_id, iteration_id).detect(checked)
+    except UndecodableImage as e:
+        raise api_errors.bad_request("BadRequestImageFormat", f"{e} ({Reason.CORRUPT})") from e
+    except WrongDomainType as e:  # before its base class: the caller's mistake, a 400
+        raise wrong_domain_type(str(e)) from e
+    except ModelUnavailable as e:
+        log.error("detection %s/%s: %s", project_id, iteration_id, e)
+        raise api_errors.model_unavailable(str(e)) from e
+    result = PredictionResult(
+        id=str(uuid.uuid4()), project_id=project_id, iteration_id=detection.iteration_id,
+        created=datetime.now(UTC),
+        predictions=tuple(
+            TagProbability(box.probability, tag_id, tag_name,
+                           (box.left, box.top, box.width, box.height))
+            for box, tag_id, tag_name in detection.ranked()),
+    )
+    _keep(result, project_id, data, checked.image.format, checked.sha256, store=store,
+          publish_name=publish_name, application=application, storage=storage)
+    return result
+
+
+def detect_request(project_id: str, published_name: str, body: bytes,
+                   content_type: str | None, *, store: bool, application: str = "",
+                   core: ServingCore | None = None) -> PredictionResult:
+    """One ``/detect/iterations/{publishedName}/image[/nostore]`` request (key already checked)."""
+    core = core or get_serving()
+    try:
+        publication = core.resolve(project_id, published_name)
+    except NoPublishedIteration as e:
+        raise api_errors.iteration_not_found() from e
+    try:
+        data = image_from_body(body, content_type)
+    except BadBody as e:
+        raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
+    return detect_image(core, project_id, publication.iteration_id, data,
+                        get_settings().prediction_limits, store=store,
+                        publish_name=published_name, application=application)
+
+
+def detect_url_request(project_id: str, published_name: str, url: str, *, store: bool,
+                       application: str = "", core: ServingCore | None = None
+                       ) -> PredictionResult:
+    """One ``/detect/iterations/{publishedName}/url[/nostore]`` request: resolved first, then
+    fetched by the one guarded fetcher, as :func:`classify_url_request`."""
+    from visionpipe.api.url_fetch import fetch_image
+
+    core = core or get_serving()
+    try:
+        publication = core.resolve(project_id, published_name)
+    except NoPublishedIteration as e:
+        raise api_errors.iteration_not_found() from e
+    limits = get_settings().prediction_limits
+    data = fetch_image(url, limits.max_bytes)
+    return detect_image(core, project_id, publication.iteration_id, data, limits,
+                        store=store, publish_name=published_name, application=application)

@@ -78,9 +78,6 @@ def _domain(value: str | None) -> str:
     if value is None or value == "":
         return domains.GENERAL_DOMAIN_ID
     domain = domains.get_domain(value)
-    if domain is None and domains.is_detection_domain(value):
-        raise api_errors.bad_request("BadRequestProjectUnknownDomain",
-                                     domains.DETECTION_NOT_SUPPORTED)
     if domain is None:
         raise api_errors.bad_request("BadRequestProjectUnknownDomain",
                                      f"Unknown domain {value!r} (see GET domains)")
@@ -103,7 +100,7 @@ def require_tag(store: LabelStore, project_id: str, tag_id: str) -> Tag:
 
 # --- domains ------------------------------------------------------------------------------------
 def list_domains() -> list[dict[str, Any]]:
-    return [d.to_dict() for d in domains.DOMAINS]
+    return [d.to_dict() for d in domains.ALL_DOMAINS]
 
 
 def get_domain(domain_id: str) -> dict[str, Any]:
@@ -158,7 +155,14 @@ def update_project(store: LabelStore, project_id: str, body: Values) -> dict[str
         _check_name(name, "BadRequestProjectName", "project")
     classification = _classification(classification_type) if classification_type else None
     domain_id = _domain(domain) if domain else None
-    if classification == "Multiclass" and project.multilabel and any(
+    if domain_id is not None and domains.domain_type(domain_id) != project.domain_type:
+        # Boxes mean nothing to a classifier and a detector needs them: as the service does,
+        # a project keeps its type (another domain of the same type is fine).
+        raise api_errors.bad_request(
+            "BadRequestProjectUnsupportedDomainTypeChange",
+            f"The project is of type {project.domain_type}; its domain cannot change to a "
+            f"domain of type {domains.domain_type(domain_id)}")
+    if classification == "Multiclass" and project.multilabel and not project.detection and any(
             len(i.tag_ids) > 1 for i in store.iter_images(project_id)):
         raise api_errors.bad_request(
             "BadRequestNotSupported",

@@ -78,6 +78,11 @@ def train(
 ) -> dict[str, Any]:
     """``POST projects/{projectId}/train``: the new Iteration (status Training)."""
     project = api.project(project_id)
+    if project.detection:  # until the job dispatches detectors: never a classifier for boxes
+        raise api_errors.bad_request(
+            "BadRequestDetectionTrainingValidationFailed",
+            "Training object detection projects is not available yet: regions, detection "
+            "domains and detect on a registered detector are; the training job is not wired")
     training_type = training_type or "Regular"
     if training_type not in TRAINING_TYPES:
         raise api_errors.bad_request("BadRequest",

@@ -1,4 +1,4 @@
-"""A thin in-process stand-in for the Azure Functions host (DESIGN §7).
+"""A thin in-process stand-in for the Azure Functions host (ARCHITECTURE.md, "Local stack").
 
 Azure Functions Core Tools cannot be installed here (their installer downloads a binary), so this
 indexes ``function_app.app`` and serves, on 127.0.0.1, what the real host serves:

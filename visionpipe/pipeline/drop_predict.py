@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -46,7 +44,7 @@ from visionpipe.serving.core import (
 )
 from visionpipe.serving.results import PredictionResult
 from visionpipe.settings import Settings
-from visionpipe.storage import Storage
+from visionpipe.storage import Storage, io_pool
 from visionpipe.stores import prediction_images
 from visionpipe.stores.label_store import LabelStore, Project
 from visionpipe.stores.prediction_store import (
@@ -70,17 +68,6 @@ _SOURCE_ETAG = "sourceetag"  # result blob metadata: the input version the resul
 #: the API is seen by the drop folder after at most this long).
 PROJECT_CACHE_SECONDS = 30.0
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _background() -> ThreadPoolExecutor:
-    """A few threads for storage writes that can overlap (created on first use)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="visionpipe-io")
-        return _pool
 
 
 #: Reason codes of the drop folder beyond validation's (those of docs/ARCHITECTURE.md,
@@ -216,7 +203,7 @@ class DropFolderPredictor:
                                             blob_path=kept, image_sha256=sha256))
 
         # The result blob and the stored prediction are independent writes, made together.
-        stored = _background().submit(keep_and_record)
+        stored = io_pool("drop-results").submit(keep_and_record)
         self._write_result(path, etag, result.to_dict())
         stored.result()
         top = result.predictions[0] if result.predictions else None

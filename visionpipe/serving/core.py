@@ -30,6 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from visionpipe.detection_decode import (
+    MAX_DETECTIONS,
+    SCORE_FLOOR,
+    BoxPrediction,
+    DetectionPreprocessing,
+    read_detections,
+    stretch_picture,
+)
 from visionpipe.imaging import decode_slot
 from visionpipe.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
 from visionpipe.preprocessing import (
@@ -58,6 +66,11 @@ class NoPublishedIteration(LookupError):
 
 class ModelUnavailable(RuntimeError):
     """The published iteration's artifacts are missing or do not load; retrying will not help."""
+
+
+class WrongDomainType(ModelUnavailable):
+    """Classify asked of an object detection iteration, or detect of a classifier: to a caller
+    that knows only classification (the drop folder, for now) the model is unavailable."""
 
 
 class UndecodableImage(ValueError):
@@ -187,6 +200,8 @@ class _Batcher:
 class ModelSession:
     """One iteration's ONNX Runtime session plus what is needed to read its output."""
 
+    is_detection = False
+
     def __init__(self, manifest: Manifest, model: bytes, config: ServingConfig) -> None:
         import onnxruntime as ort
 
@@ -260,6 +275,9 @@ class ModelSession:
             return self.tensor(image.data)
         return self.tensor(image)
 
+    def detect(self, image: bytes | PreparedImage) -> Detection:
+        raise WrongDomainType("the iteration is an image classifier: use classify")
+
     def classify(self, image: bytes | PreparedImage) -> Classification:
         probs = self.infer(self.input_for(image))
         return Classification(self.project_id, self.iteration_id, self.tag_ids, self.tag_names,
@@ -283,8 +301,128 @@ class Classification:
                 for i in order]
 
 
+# --- one detector -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Detection:
+    """The boxes one picture holds, best first (at most the manifest's ``maxDetections``)."""
+
+    project_id: str
+    iteration_id: str
+    tag_ids: tuple[str, ...]
+    tag_names: tuple[str, ...]
+    boxes: tuple[BoxPrediction, ...]
+
+    def ranked(self) -> list[tuple[BoxPrediction, str, str]]:
+        """(box, tag id, tag name), most probable first."""
+        return [(b, self.tag_ids[b.tag_index], self.tag_names[b.tag_index]) for b in self.boxes]
+
+
+class DetectionSession:
+    """One object detection iteration's session (ARCHITECTURE.md, "Iteration manifest").
+
+    The exported graph decodes boxes and suppresses overlaps itself and takes a batch of one, so
+    each picture is one ``session.run``: no batching (the batcher stacks inputs, which a
+    batch-of-one graph refuses). Same lifecycle as :class:`ModelSession`: loaded once per process
+    under the core's per-key lock, shared by every thread, swapped by the published pointer.
+    """
+
+    is_detection = True
+
+    def __init__(self, manifest: Manifest, model: bytes, config: ServingConfig) -> None:
+        import onnxruntime as ort
+
+        if manifest.detection_preprocessing is None or manifest.detection is None:
+            raise ModelUnavailable("a detection manifest needs its preprocessing and detection")
+        self.manifest = manifest
+        self.config = config
+        self.project_id = manifest.project_id
+        self.iteration_id = manifest.iteration_id
+        self.prep: DetectionPreprocessing = manifest.detection_preprocessing
+        self.spec: PreprocessingSpec = manifest.preprocessing  # its normalisation only
+        block = manifest.detection
+        outputs_block = block.get("outputs") or {}
+        self.output_names = tuple(str(outputs_block.get(k, k))
+                                  for k in ("boxes", "scores", "labels"))
+        self.score_floor = float(block.get("scoreFloor", SCORE_FLOOR))
+        self.max_detections = int(block.get("maxDetections", MAX_DETECTIONS))
+        self.session = ort.InferenceSession(model, session_options(config),
+                                            providers=["CPUExecutionProvider"])
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if self.prep.input_name not in inputs:
+            raise ModelUnavailable(f"model input {self.prep.input_name!r} not in graph {inputs}")
+        missing = [n for n in self.output_names if n not in outputs]
+        if missing:
+            raise ModelUnavailable(f"model outputs {missing} not in graph {outputs}")
+        self.tag_ids = tuple(t.id for t in manifest.tags)
+        self.tag_names = tuple(t.name for t in manifest.tags)
+        self.runs = 0  # session runs made, for tests and benchmarks
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.project_id, self.iteration_id)
+
+    def _input(self, picture: Any) -> np.ndarray:
+        out = np.empty((3, self.prep.input_size, self.prep.input_size), dtype=np.float32)
+        normalize_into(out, stretch_picture(picture, self.prep), self.spec)
+        return out
+
+    def prepare(self, data: bytes, limits: ImageLimits) -> PreparedImage | Rejection:
+        """Validate ``data`` and make the detector's input from the decode that validates it
+        (inside one decode slot, as :meth:`ModelSession.prepare`)."""
+        with decode_slot():
+            decoded = decode_valid_image(data, limits, self.prep.min_decode_size)
+            if isinstance(decoded, Rejection):
+                return decoded
+            image = decoded.image
+            tensor = self._input(decoded.picture)
+            del decoded
+        return PreparedImage(image, data, self.spec, tensor)
+
+    def input_for(self, image: bytes | PreparedImage) -> np.ndarray:
+        if isinstance(image, PreparedImage):
+            if image.tensor is not None and image.spec == self.spec:
+                return image.tensor
+            image = image.data
+        from visionpipe.imaging import decode_for_model
+
+        try:
+            picture = decode_for_model(image, self.prep.min_decode_size)
+        except Exception as e:  # any decoder complaint: the input's fault, not the server's
+            raise UndecodableImage(f"the image could not be decoded: {type(e).__name__}: "
+                                   f"{e}") from e
+        return self._input(picture)
+
+    def classify(self, image: bytes | PreparedImage) -> Classification:
+        raise WrongDomainType("the iteration is an object detector: use detect")
+
+    def tensor(self, data: bytes) -> np.ndarray:
+        raise WrongDomainType("the iteration is an object detector: use detect")
+
+    def run_batch(self, inputs: np.ndarray) -> np.ndarray:
+        raise WrongDomainType("the iteration is an object detector: use detect")
+
+    def detect(self, image: bytes | PreparedImage) -> Detection:
+        """One picture -> its boxes, read defensively (visionpipe.detection_decode)."""
+        x = self.input_for(image)[None]
+        try:
+            boxes, scores, labels = self.session.run(list(self.output_names),
+                                                     {self.prep.input_name: x})
+            self.runs += 1
+            found = read_detections(boxes, scores, labels, len(self.tag_ids),
+                                    score_floor=self.score_floor,
+                                    max_detections=self.max_detections)
+        except ValueError as e:  # outputs that disagree: the model file is broken
+            raise ModelUnavailable(f"the detector's outputs are unusable: {e}") from e
+        return Detection(self.project_id, self.iteration_id, self.tag_ids, self.tag_names,
+                         tuple(found))
+
+
+Session = ModelSession | DetectionSession
+
+
 def load_model_session(registry: Registry, project_id: str, iteration_id: str,
-                       config: ServingConfig) -> ModelSession:
+                       config: ServingConfig) -> Session:
     """Download and check an iteration's artifacts and open its session."""
     try:
         manifest = registry.read_manifest(project_id, iteration_id)
@@ -300,8 +438,9 @@ def load_model_session(registry: Registry, project_id: str, iteration_id: str,
                                f"manifest (sha256 {digest[:12]}, expected "
                                f"{manifest.model_sha256[:12]})")
     started = time.perf_counter()
+    kind = DetectionSession if manifest.is_detection else ModelSession
     try:
-        session = ModelSession(manifest, model, config)
+        session: Session = kind(manifest, model, config)
     except ModelUnavailable:
         raise
     except Exception as e:  # onnxruntime refuses the graph
@@ -333,16 +472,16 @@ class ServingCore:
         self.config = config or ServingConfig()
         self._clock = clock
         self._lock = threading.Lock()  # guards the dicts and lock creation, never held for I/O
-        self._sessions: dict[tuple[str, str], ModelSession] = {}
+        self._sessions: dict[tuple[str, str], Session] = {}
         # Sessions unpublished a moment ago, still handed to requests that resolved the pointer
         # just before the swap (so they neither fail nor reload); dropped after a grace period.
-        self._retired: dict[tuple[str, str], tuple[ModelSession, float]] = {}
+        self._retired: dict[tuple[str, str], tuple[Session, float]] = {}
         self._session_locks: dict[tuple[str, str], threading.Lock] = {}
         self._pointers: dict[str, _Pointer] = {}
         self._pointer_locks: dict[str, threading.Lock] = {}
 
     # --- sessions -------------------------------------------------------------------------------
-    def session(self, project_id: str, iteration_id: str) -> ModelSession:
+    def session(self, project_id: str, iteration_id: str) -> Session:
         """The iteration's session, loaded on first use (one load however many ask at once)."""
         key = (project_id, iteration_id)
         found = self._sessions.get(key)

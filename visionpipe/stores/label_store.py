@@ -10,7 +10,11 @@ Layout:
   (same partition, RowKey ``name-{key of the name}``, column ``id``).
 - ``tags``: PartitionKey = project id, RowKey = tag id; plus one name row per tag (same partition,
   RowKey ``name-{key}``).
-- ``images``: PartitionKey = project id, RowKey = sha256 of the bytes.
+- ``images``: PartitionKey = project id, RowKey = sha256 of the bytes. An object detection
+  image's regions (at most ``training_rules.MAX_REGIONS_PER_IMAGE``) are JSON in the same row,
+  split over the columns ``regions``, ``regions1``, ... (a Table string property holds at most
+  64 KiB, 32K characters; 300 regions take about 55K), so they change under the row's ETag with
+  its tags: one read-modify-write, no second table to keep in step.
 
 A name row lives in its object's partition so that the object and its name are written, moved and
 deleted in one entity-group transaction: there is never a name without its object or an object
@@ -41,7 +45,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, TableErrorCode, TableTransactionError, UpdateMode
 
 from visionpipe import names
-from visionpipe.domains import GENERAL_DOMAIN_ID
+from visionpipe.domains import GENERAL_DOMAIN_ID, OBJECT_DETECTION, domain_type
 from visionpipe.rejections import Reason, Rejected
 from visionpipe.storage import Storage
 
@@ -115,8 +119,19 @@ class Project:
     last_modified: datetime | None = None
 
     @property
+    def domain_type(self) -> str:
+        """``Classification`` or ``ObjectDetection``, as the project's domain says."""
+        return domain_type(self.domain_id)
+
+    @property
+    def detection(self) -> bool:
+        return self.domain_type == OBJECT_DETECTION
+
+    @property
     def multilabel(self) -> bool:
-        return self.classification_type == MULTILABEL
+        """Whether an image may carry several tags: a multilabel project, or a detection project
+        (an image holds boxes of any number of tags)."""
+        return self.classification_type == MULTILABEL or self.detection
 
     @classmethod
     def from_entity(cls, e: dict[str, Any]) -> Project:
@@ -154,6 +169,60 @@ class MetadataLimitExceeded(Exception):
     """An image's metadata would hold more key/value pairs than allowed."""
 
 
+#: Columns an image's regions JSON is split over, each at most this many characters.
+_REGION_COLUMNS = ("regions", "regions1", "regions2", "regions3")
+_REGION_CHUNK = 30_000
+
+
+@dataclass(frozen=True)
+class ImageRegion:
+    """One box on a training image: a tag and its edges as fractions of the image."""
+
+    region_id: str
+    tag_id: str
+    left: float
+    top: float
+    width: float
+    height: float
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.left, self.top, self.width, self.height)
+
+    def to_row(self) -> list[Any]:
+        return [self.region_id, self.tag_id, self.left, self.top, self.width, self.height]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> ImageRegion:
+        region_id, tag_id, left, top, width, height = row
+        return cls(str(region_id), str(tag_id), float(left), float(top), float(width),
+                   float(height))
+
+
+def _regions_from(e: dict[str, Any]) -> tuple[ImageRegion, ...]:
+    text = "".join(str(e.get(c) or "") for c in _REGION_COLUMNS)
+    return tuple(ImageRegion.from_row(r) for r in json.loads(text)) if text else ()
+
+
+def _region_columns(regions: tuple[ImageRegion, ...]) -> dict[str, str]:
+    """The regions JSON split over the region columns (an empty list: no column at all)."""
+    if not regions:
+        return {}
+    text = json.dumps([r.to_row() for r in regions], separators=(",", ":"))
+    chunks = [text[i:i + _REGION_CHUNK] for i in range(0, len(text), _REGION_CHUNK)]
+    if len(chunks) > len(_REGION_COLUMNS):
+        raise ValueError(f"{len(regions)} regions do not fit in one image row")
+    return dict(zip(_REGION_COLUMNS, chunks, strict=False))
+
+
+class RegionOutcome(StrEnum):
+    """What :meth:`LabelStore.add_image_regions` did with one requested region."""
+
+    CREATED = "created"
+    DUPLICATED = "duplicated"  # the image already has this tag with this very box
+    EXCEEDED = "exceeded"  # the image holds the most regions allowed
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     project_id: str
@@ -167,6 +236,7 @@ class ImageRecord:
     created: datetime
     # Custom Vision's image metadata: key/value pairs, in the order they were first set.
     metadata: tuple[tuple[str, str], ...] = ()
+    regions: tuple[ImageRegion, ...] = ()  # object detection boxes, in the order they were added
 
     @property
     def id(self) -> str:
@@ -185,6 +255,7 @@ class ImageRecord:
             size_bytes=int(e["sizeBytes"]),
             created=e["created"],
             metadata=tuple(json.loads(e.get("metadata") or "{}").items()),
+            regions=_regions_from(e),
         )
 
 
@@ -202,6 +273,7 @@ def _project_entity(project: Project) -> dict[str, Any]:
         "name": project.name,
         "classificationType": project.classification_type,
         "domainId": project.domain_id,
+        "domainType": project.domain_type,
         "description": project.description,
         "created": project.created,
     }
@@ -406,18 +478,21 @@ class LabelStore:
     def create_image(
         self, project: Project, tag_ids: tuple[str, ...], facts: ImageFacts, blob_path: str,
         metadata: tuple[tuple[str, str], ...] = (),
+        regions: tuple[ImageRegion, ...] = (),
     ) -> AddResult:
-        """Record new bytes with any number of tags (none: untagged), as the API uploads them.
+        """Record new bytes with any number of tags (none: untagged), as the API uploads them;
+        ``regions`` (a detection project's boxes) add their tags to the image's.
 
         Known bytes are a ``DUPLICATE`` (Custom Vision's ``OKDuplicate``) and are left as they
         are: tags are changed with :meth:`add_image_tags` and :meth:`remove_image_tags`.
         """
+        tag_ids = tuple(dict.fromkeys((*tag_ids, *(r.tag_id for r in regions))))
         if not project.multilabel and len(tag_ids) > 1:
             raise Rejected(Reason.CONFLICTING_TAG,
                            f"multiclass project {project.name!r}: one image carries one tag")
-        record = ImageRecord(project.id, facts.sha256, tuple(dict.fromkeys(tag_ids)),
+        record = ImageRecord(project.id, facts.sha256, tag_ids,
                              (blob_path,), facts.width, facts.height, facts.format,
-                             facts.size_bytes, _now(), metadata)
+                             facts.size_bytes, _now(), metadata, regions)
         try:
             self._images.create_entity(self._image_entity(record))
         except ResourceExistsError:
@@ -446,11 +521,14 @@ class LabelStore:
         return AddStatus.TAG_ADDED if result[1] else AddStatus.DUPLICATE
 
     def remove_image_tags(self, project_id: str, sha256: str, tag_ids: set[str]) -> bool:
-        """Take tags off an image; True when something changed."""
+        """Take tags off an image, and the regions of those tags; True when something changed."""
 
         def change(r: ImageRecord) -> ImageRecord | None:
             kept = tuple(t for t in r.tag_ids if t not in tag_ids)
-            return None if kept == r.tag_ids else replace(r, tag_ids=kept)
+            regions = tuple(g for g in r.regions if g.tag_id not in tag_ids)
+            if kept == r.tag_ids and regions == r.regions:
+                return None
+            return replace(r, tag_ids=kept, regions=regions)
 
         result = self._change_image(project_id, sha256, change)
         return bool(result and result[1])
@@ -470,6 +548,65 @@ class LabelStore:
 
         result = self._change_image(project_id, sha256, change)
         return result[0] if result is not None else None
+
+    def add_image_regions(
+        self, project: Project, sha256: str,
+        boxes: list[tuple[str, tuple[float, float, float, float]]], max_regions: int,
+    ) -> list[tuple[RegionOutcome, ImageRegion | None]] | None:
+        """Add (tag id, box) regions to one image in one read-modify-write under its ETag.
+
+        Per box: ``CREATED`` with the new region, ``DUPLICATED`` with the region already there
+        (same tag, same box), or ``EXCEEDED`` (the image would hold over ``max_regions``). A new
+        region's tag joins the image's tags. None when the image is gone. A tag deleted
+        meanwhile is taken off again, regions and all (see :meth:`_settle`)."""
+        outcomes: list[tuple[RegionOutcome, ImageRegion | None]] = []
+
+        def change(r: ImageRecord) -> ImageRecord | None:
+            outcomes.clear()
+            regions = list(r.regions)
+            for tag_id, box in boxes:
+                same = next((g for g in regions if g.tag_id == tag_id and g.box == box), None)
+                if same is not None:
+                    outcomes.append((RegionOutcome.DUPLICATED, same))
+                elif len(regions) >= max_regions:
+                    outcomes.append((RegionOutcome.EXCEEDED, None))
+                else:
+                    region = ImageRegion(str(uuid.uuid4()), tag_id, *box)
+                    regions.append(region)
+                    outcomes.append((RegionOutcome.CREATED, region))
+            if len(regions) == len(r.regions):
+                return None
+            tags = tuple(dict.fromkeys((*r.tag_ids, *(g.tag_id for g in regions))))
+            return replace(r, tag_ids=tags, regions=tuple(regions))
+
+        result = self._change_image(project.id, sha256, change)
+        if result is None:
+            return None
+        if result[1]:
+            added = tuple({g.tag_id for o, g in outcomes if o == RegionOutcome.CREATED and g})
+            self._settle(result[0], added)
+        return list(outcomes)
+
+    def delete_image_regions(self, project_id: str, sha256: str,
+                             region_ids: set[str]) -> ImageRecord | None:
+        """Take regions off one image; a tag whose last region went leaves the image's tags.
+        The image as it now is, or None when it is gone."""
+
+        def change(r: ImageRecord) -> ImageRecord | None:
+            kept = tuple(g for g in r.regions if g.region_id not in region_ids)
+            if kept == r.regions:
+                return None
+            gone = {g.tag_id for g in r.regions} - {g.tag_id for g in kept}
+            return replace(r, regions=kept, tag_ids=tuple(t for t in r.tag_ids if t not in gone))
+
+        result = self._change_image(project_id, sha256, change)
+        return result[0] if result is not None else None
+
+    def images_with_regions(self, project_id: str, region_ids: set[str]) -> list[ImageRecord]:
+        """The project's images holding any of these regions (a scan of the project's rows:
+        region ids are GUIDs that do not say which image holds them)."""
+        return [r for r in self.iter_images(project_id)
+                if any(g.region_id in region_ids for g in r.regions)]
 
     def delete_image(self, project_id: str, sha256: str) -> ImageRecord | None:
         """Delete an image's record (not its blobs: the caller owns those); the deleted record."""
@@ -512,6 +649,8 @@ class LabelStore:
                 "classificationType": classification_type
                 or current.get("classificationType", MULTICLASS),
                 "domainId": domain_id or current.get("domainId", GENERAL_DOMAIN_ID),
+                "domainType": domain_type(domain_id or current.get("domainId",
+                                                                   GENERAL_DOMAIN_ID)),
                 "lastModified": _now(),
             }
 
@@ -738,6 +877,7 @@ class LabelStore:
             "sizeBytes": r.size_bytes,
             "created": r.created,
             "metadata": json.dumps(dict(r.metadata)),
+            **_region_columns(r.regions),
         }
 
     def _tag_names(self, project_id: str, record: ImageRecord) -> str:

@@ -14,14 +14,12 @@ picture that was never written.
 from __future__ import annotations
 
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 from azure.storage.blob import ContentSettings
 
 from visionpipe import names
-from visionpipe.storage import Storage
+from visionpipe.storage import Storage, io_pool
 from visionpipe.validation import CONTENT_TYPES
 
 log = logging.getLogger(__name__)
@@ -64,7 +62,7 @@ def keep(storage: Storage, project_id: str, prediction_id: str, data: bytes, fmt
     path = original_path(project_id, prediction_id, fmt)
     content_type = CONTENT_TYPES.get(fmt, "application/octet-stream")
     # The original goes up while the thumbnail is made and sent: one round trip of latency.
-    original = _uploads().submit(
+    original = io_pool("prediction-images").submit(
         container.upload_blob, path, data, overwrite=True,
         content_settings=ContentSettings(content_type=content_type))
     thumbnail = make_thumbnail(data)
@@ -75,18 +73,6 @@ def keep(storage: Storage, project_id: str, prediction_id: str, data: bytes, fmt
     original.result()
     return f"{names.PREDICTION_IMAGES}/{path}"
 
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _uploads() -> ThreadPoolExecutor:
-    """A few threads for the original's upload, shared by the process's requests."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prediction-images")
-        return _pool
 
 
 def read(storage: Storage, blob_path: str) -> tuple[bytes, str] | None:

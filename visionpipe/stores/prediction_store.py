@@ -29,14 +29,27 @@ SOURCE_DROP = "drop"  # predict-images drop folder
 SOURCE_API = "api"  # HTTP /classify/.../image
 
 
+def _box(raw: Any) -> tuple[float, float, float, float] | None:
+    if not isinstance(raw, dict):
+        return None
+    return (float(raw["left"]), float(raw["top"]), float(raw["width"]), float(raw["height"]))
+
+
 @dataclass(frozen=True)
 class TagProbability:
     probability: float
     tag_id: str
     tag_name: str
+    # An object detection prediction's box: left, top, width, height as fractions of the image.
+    bounding_box: tuple[float, float, float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"probability": self.probability, "tagId": self.tag_id, "tagName": self.tag_name}
+        body: dict[str, Any] = {"probability": self.probability, "tagId": self.tag_id,
+                                "tagName": self.tag_name}
+        if self.bounding_box is not None:
+            left, top, width, height = self.bounding_box
+            body["boundingBox"] = {"left": left, "top": top, "width": width, "height": height}
+        return body
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,8 @@ class StoredPrediction:
             iteration_id=e["iterationId"],
             created=e["created"],
             predictions=tuple(
-                TagProbability(float(p["probability"]), p["tagId"], p["tagName"])
+                TagProbability(float(p["probability"]), p["tagId"], p["tagName"],
+                               _box(p.get("boundingBox")))
                 for p in json.loads(e.get("predictions") or "[]")
             ),
             source=e.get("source", ""),
