@@ -32,7 +32,6 @@ from PIL import Image, ImageOps
 MAX_BODY = 6 * 1024 * 1024  # Custom Vision's prediction upload limit is 4 MB; a little slack
 MAX_PIXELS = 40_000_000
 URL_TIMEOUT_S = 10.0
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class BadInput(ValueError):
@@ -184,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104 - a container listens on all addresses
     port = int(args[0]) if args else int(os.environ.get("PORT", "80"))
+    # Pillow's bomb guard, for the server process only: set here, not at import, so importing
+    # this module (the exporter's parity check does) never changes a host process's Pillow.
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     Handler.model = Model(Path(__file__).resolve().parent)
     server = ThreadingHTTPServer((host, port), Handler)
     print(f"listening on {host}:{server.server_address[1]}", flush=True)
