@@ -20,5 +20,5 @@ def get_artifact(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.iterations import IterationApi
 
     return training_call(req, lambda: artifact(
-        IterationApi.create(), req.route_params["projectId"],
+        IterationApi.for_request(req), req.route_params["projectId"],
         query(req).string("path", max_length=MAX_PATH_LENGTH)))

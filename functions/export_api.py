@@ -37,9 +37,9 @@ def export_iteration(req: func.HttpRequest) -> func.HttpResponse:
 
     project_id, iteration_id = req.route_params["projectId"], req.route_params["iterationId"]
     if req.method.upper() == "GET":
-        return training_call(req, lambda: ExportApi.create().exports(
+        return training_call(req, lambda: ExportApi.for_request(req).exports(
             project_id, iteration_id, _linker(req)))
-    return training_call(req, lambda: ExportApi.create().export(
+    return training_call(req, lambda: ExportApi.for_request(req).export(
         project_id, iteration_id, req.params.get("platform"), req.params.get("flavor"),
         _linker(req)))
 
@@ -64,7 +64,8 @@ def download_export(req: func.HttpRequest) -> func.HttpResponse:
                         artifact=f"{platform}|{flavor}" if platform else "")
         if not signed and check_training_key(req.headers) is not None:
             raise api_errors.access_denied()
-        data, filename = ExportApi.create().download(project_id, iteration_id, platform, flavor)
+        data, filename = ExportApi.for_request(req).download(project_id, iteration_id,
+                                                             platform, flavor)
         return func.HttpResponse(data, mimetype="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{filename}"'})
 

@@ -10,7 +10,6 @@ import logging
 import azure.functions as func
 
 from visionpipe import names
-from visionpipe.storage import get_storage
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -19,8 +18,10 @@ log = logging.getLogger(__name__)
 @bp.function_name(names.HEALTH_FUNCTION)
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
+    from visionpipe.api.context import app_storage
+
     try:
-        get_storage().ping()
+        app_storage().ping()
     except Exception as e:  # any failure to reach storage in time means "not healthy"
         log.warning("health check failed: %s: %s", type(e).__name__, e)
         body = {"status": "unhealthy", "storage": "unreachable"}

@@ -17,15 +17,12 @@ METADATA_ROUTE = "customvision/{apiVersion}/training/projects/{projectId}/images
 def api_images_metadata(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import images as api_images
     from visionpipe.api.adapter import id_list, json_body, training_call
-    from visionpipe.settings import get_settings
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
+    from visionpipe.api.context import RequestContext
 
     def act() -> object:
-        storage = get_storage()
-        ctx = api_images.Context(storage, LabelStore(storage), get_settings().training_limits)
         return api_images.update_image_metadata(
-            ctx, req.route_params["projectId"], id_list(req.params.get("imageIds")),
+            RequestContext.for_request(req), req.route_params["projectId"],
+            id_list(req.params.get("imageIds")),
             json_body(req, required=True))
 
     return training_call(req, act)

@@ -38,22 +38,10 @@ def _serve(req: func.HttpRequest, work: Callable[[Any, str], object],
            status: int = 200) -> func.HttpResponse:
     """Build the image context for this request and run ``work(ctx, project_id)``."""
     from visionpipe.api.adapter import training_call
-    from visionpipe.api.export_links import public_base_url
-    from visionpipe.api.images import Context
-    from visionpipe.settings import get_settings
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
-
-    version = req.route_params.get("apiVersion", "")
-
-    def image_uri(project_id: str, image_id: str) -> str:
-        return (f"{public_base_url(req.url)}/customvision/{version}/training/projects/"
-                f"{project_id}/images/{image_id}/original")
+    from visionpipe.api.context import RequestContext
 
     def run() -> object:
-        storage = get_storage()
-        ctx = Context(storage, LabelStore(storage), get_settings().training_limits, image_uri)
-        return work(ctx, req.route_params["projectId"])
+        return work(RequestContext.for_request(req), req.route_params["projectId"])
 
     return training_call(req, run, status=status)
 
@@ -128,10 +116,9 @@ def api_images_files(req: func.HttpRequest) -> func.HttpResponse:
 def api_images_urls(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import images as api_images
     from visionpipe.api.adapter import json_body
-    from visionpipe.api.projects import require_project
 
     def work(ctx: Any, pid: str) -> object:
-        require_project(ctx.store, pid)  # before fetching anything
+        ctx.project(pid)  # before fetching anything
         uploads = api_images.uploads_from_urls(json_body(req), ctx.limits.max_bytes)
         return api_images.create_images(ctx, pid, uploads)
 
@@ -143,10 +130,9 @@ def api_images_urls(req: func.HttpRequest) -> func.HttpResponse:
 def api_images_predictions(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import images as api_images
     from visionpipe.api.adapter import json_body
-    from visionpipe.api.projects import require_project
 
     def work(ctx: Any, pid: str) -> object:
-        require_project(ctx.store, pid)
+        ctx.project(pid)
         uploads = api_images.uploads_from_predictions(ctx, pid, json_body(req))
         return api_images.create_images(ctx, pid, uploads)
 

@@ -8,7 +8,6 @@ from visionpipe import names
 from visionpipe.blob_names import escape_name
 from visionpipe.pipeline.events import EventRefused, from_grid_event
 from visionpipe.settings import get_settings
-from visionpipe.storage import get_storage
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -19,6 +18,7 @@ log = logging.getLogger(__name__)
 def ingest_training_image(event: func.EventGridEvent) -> None:
     # Imported on first use: the storage SDK and Pillow would otherwise weigh on every cold start
     # of the app, including instances that only serve HTTP.
+    from visionpipe.api.context import app_storage
     from visionpipe.pipeline.ingest import ingest_training_blob
 
     try:
@@ -27,6 +27,6 @@ def ingest_training_image(event: func.EventGridEvent) -> None:
         # Retrying cannot help: acknowledge, but say so loudly.
         log.error("refused: %s", e)
         return
-    result = ingest_training_blob(blob, get_storage(), get_settings())
+    result = ingest_training_blob(blob, app_storage(), get_settings())
     # The name came from the event: escaped, so a hostile one cannot forge log lines.
     log.info("ingest %s/%s -> %s", result.container, escape_name(result.path), result.outcome)

@@ -28,7 +28,8 @@ def list_iterations(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.adapter import training_call
     from visionpipe.api.iterations import IterationApi
 
-    return training_call(req, lambda: IterationApi.create().list(req.route_params["projectId"]))
+    return training_call(req, lambda: IterationApi.for_request(req).list(
+        req.route_params["projectId"]))
 
 
 @bp.function_name("manage_iteration")
@@ -39,7 +40,7 @@ def iteration(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.iterations import IterationApi
 
     def act() -> object:
-        api, (project_id, iteration_id) = IterationApi.create(), _ids(req)
+        api, (project_id, iteration_id) = IterationApi.for_request(req), _ids(req)
         method = req.method.upper()
         if method == "DELETE":
             return api.delete(project_id, iteration_id)
@@ -63,7 +64,7 @@ def iteration_performance(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.iterations import IterationApi
 
     # overlapThreshold only means something for object detection; accepted and ignored.
-    return training_call(req, lambda: IterationApi.create().performance(
+    return training_call(req, lambda: IterationApi.for_request(req).performance(
         *_ids(req), threshold=_threshold(req)))
 
 
@@ -80,7 +81,7 @@ def image_performances(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.adapter import id_list, training_call
     from visionpipe.api.iterations import IterationApi
 
-    return training_call(req, lambda: IterationApi.create().image_performances(
+    return training_call(req, lambda: IterationApi.for_request(req).image_performances(
         *_ids(req), id_list(req.params.get("tagIds")), req.params.get("orderBy"),
         _int(req, "take", 50), _int(req, "skip", 0)))
 
@@ -92,5 +93,5 @@ def image_performance_count(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.adapter import id_list, training_call
     from visionpipe.api.iterations import IterationApi
 
-    return training_call(req, lambda: IterationApi.create().image_performance_count(
+    return training_call(req, lambda: IterationApi.for_request(req).image_performance_count(
         *_ids(req), id_list(req.params.get("tagIds"))))

@@ -8,7 +8,6 @@ from visionpipe import names
 from visionpipe.blob_names import escape_name
 from visionpipe.pipeline.events import EventRefused, from_grid_event
 from visionpipe.settings import get_settings
-from visionpipe.storage import get_storage
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -18,6 +17,7 @@ log = logging.getLogger(__name__)
 @bp.event_grid_trigger(arg_name="event")
 def predict_image(event: func.EventGridEvent) -> None:
     # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
+    from visionpipe.api.context import app_storage
     from visionpipe.pipeline.drop_predict import DropFolderPredictor
 
     try:
@@ -26,7 +26,7 @@ def predict_image(event: func.EventGridEvent) -> None:
         # Retrying cannot help: acknowledge, but say so loudly.
         log.error("refused: %s", e)
         return
-    result = DropFolderPredictor(get_storage(), get_settings()).handle(blob)
+    result = DropFolderPredictor(app_storage(), get_settings()).handle(blob)
     # The name came from the event: escaped, so a hostile one cannot forge log lines.
     log.info("predict %s -> %s%s", escape_name(result.path), result.outcome,
              f" ({result.code})" if result.code else "")

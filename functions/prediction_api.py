@@ -28,11 +28,13 @@ DETECT_URL_ROUTE = DETECT_BASE + "/url"
 def classify(req: func.HttpRequest, *, store: bool, detect: bool = False) -> func.HttpResponse:
     # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
     from visionpipe.api.adapter import prediction_call, query
+    from visionpipe.api.context import RequestContext
     from visionpipe.api.prediction import classify_request, detect_request
 
     def act() -> dict[str, object]:
         result = (detect_request if detect else classify_request)(
-            req.route_params["projectId"], req.route_params["publishedName"], req.get_body(),
+            RequestContext.for_request(req), req.route_params["projectId"],
+            req.route_params["publishedName"], req.get_body(),
             req.headers.get("Content-Type"), store=store,
             application=query(req).string("application", max_length=MAX_APPLICATION) or "")
         return result.to_dict()
@@ -43,13 +45,15 @@ def classify(req: func.HttpRequest, *, store: bool, detect: bool = False) -> fun
 def classify_by_url(req: func.HttpRequest, *, store: bool,
                     detect: bool = False) -> func.HttpResponse:
     from visionpipe.api.adapter import json_body, prediction_call, query
+    from visionpipe.api.context import RequestContext
     from visionpipe.api.prediction import classify_url_request, detect_url_request
 
     def act() -> dict[str, object]:
         url = json_body(req, required=True).string("url", required=True,
                                                    max_length=MAX_URL_LENGTH)
         result = (detect_url_request if detect else classify_url_request)(
-            req.route_params["projectId"], req.route_params["publishedName"], url or "",
+            RequestContext.for_request(req), req.route_params["projectId"],
+            req.route_params["publishedName"], url or "",
             store=store,
             application=query(req).string("application", max_length=MAX_APPLICATION) or "")
         return result.to_dict()

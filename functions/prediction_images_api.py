@@ -20,7 +20,7 @@ def _picture(req: func.HttpRequest, kind: str) -> func.HttpResponse:
 
     def act() -> RawBody:
         data, content_type = prediction_picture(
-            IterationApi.create(), req.route_params["projectId"],
+            IterationApi.for_request(req), req.route_params["projectId"],
             req.route_params["predictionId"], kind)
         return RawBody(data, content_type)
 

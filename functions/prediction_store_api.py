@@ -29,8 +29,9 @@ def query_predictions(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.prediction_store import image_links
     from visionpipe.api.prediction_store import query_predictions as query
 
-    return training_call(req, lambda: query(IterationApi.create(), req.route_params["projectId"],
-                                            json_body(req), _links(req, image_links)))
+    return training_call(req, lambda: query(
+        IterationApi.for_request(req), req.route_params["projectId"], json_body(req),
+        _links(req, image_links)))
 
 
 @bp.function_name("delete_predictions")
@@ -44,7 +45,7 @@ def delete_predictions(req: func.HttpRequest) -> func.HttpResponse:
 
     # Unknown ids are ignored, and something that is not an id is unknown (never a table key).
     return training_call(req, lambda: delete(
-        IterationApi.create(), req.route_params["projectId"],
+        IterationApi.for_request(req), req.route_params["projectId"],
         [i for i in query(req).ids("ids") if is_id(i)]))
 
 
@@ -58,7 +59,7 @@ def suggested_images(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.prediction_store import suggested_images as suggested
 
     return training_call(req, lambda: suggested(
-        IterationApi.create(), req.route_params["projectId"], query(req).id("iterationId"),
+        IterationApi.for_request(req), req.route_params["projectId"], query(req).id("iterationId"),
         json_body(req), _links(req, image_links)))
 
 
@@ -71,5 +72,5 @@ def suggested_image_count(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.prediction_store import suggested_image_count as count
 
     return training_call(req, lambda: count(
-        IterationApi.create(), req.route_params["projectId"], query(req).id("iterationId"),
+        IterationApi.for_request(req), req.route_params["projectId"], query(req).id("iterationId"),
         json_body(req)))

@@ -44,16 +44,15 @@ def api_domain(req: func.HttpRequest) -> func.HttpResponse:
 def api_projects(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import projects as api
     from visionpipe.api.adapter import id_list, training_call
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
+    from visionpipe.api.context import RequestContext
 
     def work() -> object:
-        store = LabelStore(get_storage())
+        ctx = RequestContext.for_request(req)
         if req.method.upper() == "GET":
-            return api.list_projects(store)
+            return api.list_projects(ctx)
         p = req.params
         return api.create_project(
-            store, p.get("name"), p.get("description"), p.get("domainId"),
+            ctx, p.get("name"), p.get("description"), p.get("domainId"),
             p.get("classificationType"), id_list(p.get("targetExportPlatforms")),
         )
 
@@ -66,20 +65,17 @@ def api_projects(req: func.HttpRequest) -> func.HttpResponse:
 def api_project(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import projects as api
     from visionpipe.api.adapter import json_body, training_call
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
-    from visionpipe.stores.registry import Registry
+    from visionpipe.api.context import RequestContext
 
     project_id = req.route_params["projectId"]
     method = req.method.upper()
 
     def work() -> object:
-        storage = get_storage()
-        store = LabelStore(storage)
+        ctx = RequestContext.for_request(req)
         if method == "GET":
-            return api.get_project(store, project_id)
+            return api.get_project(ctx, project_id)
         if method == "PATCH":
-            return api.update_project(store, project_id, json_body(req))
-        return api.delete_project(storage, store, Registry(storage), project_id)
+            return api.update_project(ctx, project_id, json_body(req))
+        return api.delete_project(ctx, project_id)
 
     return training_call(req, work, status=204 if method == "DELETE" else 200)

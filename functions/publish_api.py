@@ -44,22 +44,20 @@ def _error(e: PublishError) -> ApiError:
 def publish_iteration(req: func.HttpRequest) -> func.HttpResponse:
     # Imported on first use, to keep the app's cold start light.
     from visionpipe.api.adapter import flag, training_call
+    from visionpipe.api.context import RequestContext
     from visionpipe.pipeline import publishing
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
-    from visionpipe.stores.registry import Registry
 
     project_id, iteration_id = req.route_params["projectId"], req.route_params["iterationId"]
 
     def action() -> bool | None:
-        storage = get_storage()
-        registry = Registry(storage)
+        ctx = RequestContext.for_request(req)
+        registry = ctx.registry
         try:
             if req.method.upper() == "DELETE":
                 publishing.unpublish(registry, project_id, iteration_id)
                 return None  # 204
             publishing.publish(
-                registry, LabelStore(storage), project_id, iteration_id,
+                registry, ctx.label_store, project_id, iteration_id,
                 req.params.get("publishName"), req.params.get("predictionId") or "",
                 overwrite=flag(req.params.get("overwrite"), False),
             )

@@ -30,7 +30,7 @@ def quick_test_image(req: func.HttpRequest) -> func.HttpResponse:
             data = image_from_body(req.get_body(), req.headers.get("Content-Type"))
         except BadBody as e:
             raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
-        return quick_test(IterationApi.create(), req.route_params["projectId"], data,
+        return quick_test(IterationApi.for_request(req), req.route_params["projectId"], data,
                           iteration_id=params.id("iterationId"),
                           store=params.flag("store", True))
 
@@ -47,7 +47,7 @@ def quick_test_url(req: func.HttpRequest) -> func.HttpResponse:
     def act() -> object:
         params = query(req)
         url = json_body(req, required=True).string("url", required=True, max_length=4096)
-        return quick_test(IterationApi.create(), req.route_params["projectId"], url or "",
+        return quick_test(IterationApi.for_request(req), req.route_params["projectId"], url or "",
                           iteration_id=params.id("iterationId"),
                           store=params.flag("store", True))
 

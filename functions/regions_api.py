@@ -22,16 +22,15 @@ _REGIONS = "customvision/{apiVersion}/training/projects/{projectId}/images/regio
 def api_image_regions(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import regions
     from visionpipe.api.adapter import id_list, json_body, training_call
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
+    from visionpipe.api.context import RequestContext
 
     project_id = req.route_params["projectId"]
     if req.method.upper() == "DELETE":
         return training_call(req, lambda: regions.delete_image_regions(
-            LabelStore(get_storage()), project_id, id_list(req.params.get("regionIds"))),
+            RequestContext.for_request(req), project_id, id_list(req.params.get("regionIds"))),
             status=204)
     return training_call(req, lambda: regions.create_image_regions(
-        LabelStore(get_storage()), project_id, json_body(req)))
+        RequestContext.for_request(req), project_id, json_body(req)))
 
 
 @bp.function_name("api_region_proposals")
@@ -40,13 +39,10 @@ def api_image_regions(req: func.HttpRequest) -> func.HttpResponse:
 def api_region_proposals(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import regions
     from visionpipe.api.adapter import training_call
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
-    from visionpipe.stores.registry import Registry
+    from visionpipe.api.context import RequestContext
 
     def work() -> object:
-        storage = get_storage()
-        return regions.region_proposals(storage, LabelStore(storage), Registry(storage),
+        return regions.region_proposals(RequestContext.for_request(req),
                                         req.route_params["projectId"],
                                         req.route_params["imageId"])
 
@@ -59,14 +55,11 @@ def api_region_proposals(req: func.HttpRequest) -> func.HttpResponse:
 def api_suggest_tags_and_regions(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import regions
     from visionpipe.api.adapter import id_list, training_call
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
-    from visionpipe.stores.registry import Registry
+    from visionpipe.api.context import RequestContext
 
     def work() -> object:
-        storage = get_storage()
         return regions.suggest_tags_and_regions(
-            storage, LabelStore(storage), Registry(storage), req.route_params["projectId"],
+            RequestContext.for_request(req), req.route_params["projectId"],
             req.params.get("iterationId"), id_list(req.params.get("imageIds")))
 
     return training_call(req, work)

@@ -23,17 +23,16 @@ _PROJECT = "customvision/{apiVersion}/training/projects/{projectId}"
 def api_tags(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import tags as api
     from visionpipe.api.adapter import training_call
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
+    from visionpipe.api.context import RequestContext
 
     project_id = req.route_params["projectId"]
 
     def work() -> object:
-        store = LabelStore(get_storage())
+        ctx = RequestContext.for_request(req)
         if req.method.upper() == "GET":
-            return api.list_tags(store, project_id)
+            return api.list_tags(ctx, project_id)
         p = req.params
-        return api.create_tag(store, project_id, p.get("name"), p.get("description"),
+        return api.create_tag(ctx, project_id, p.get("name"), p.get("description"),
                               p.get("type"))
 
     return training_call(req, work)
@@ -45,18 +44,17 @@ def api_tags(req: func.HttpRequest) -> func.HttpResponse:
 def api_tag(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api import tags as api
     from visionpipe.api.adapter import json_body, training_call
-    from visionpipe.storage import get_storage
-    from visionpipe.stores.label_store import LabelStore
+    from visionpipe.api.context import RequestContext
 
     project_id, tag_id = req.route_params["projectId"], req.route_params["tagId"]
     method = req.method.upper()
 
     def work() -> object:
-        store = LabelStore(get_storage())
+        ctx = RequestContext.for_request(req)
         if method == "GET":
-            return api.get_tag(store, project_id, tag_id)
+            return api.get_tag(ctx, project_id, tag_id)
         if method == "PATCH":
-            return api.update_tag(store, project_id, tag_id, json_body(req))
-        return api.delete_tag(store, project_id, tag_id)
+            return api.update_tag(ctx, project_id, tag_id, json_body(req))
+        return api.delete_tag(ctx, project_id, tag_id)
 
     return training_call(req, work, status=204 if method == "DELETE" else 200)

@@ -25,7 +25,7 @@ def train_project(req: func.HttpRequest) -> func.HttpResponse:
         params = query(req)
         selected = json_body(req).strings("selectedTags", max_items=256, max_length=64)
         # notificationEmailAddress: accepted; visionpipe notifies on the training-events queue.
-        return train(IterationApi.create(), req.route_params["projectId"],
+        return train(IterationApi.for_request(req), req.route_params["projectId"],
                      training_type=params.string("trainingType", max_length=64),
                      reserved_budget_in_hours=params.integer("reservedBudgetInHours", 0, 0,
                                                              10_000),

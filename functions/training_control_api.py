@@ -20,6 +20,6 @@ def cancel_training(req: func.HttpRequest) -> func.HttpResponse:
     from visionpipe.api.iterations import IterationApi
     from visionpipe.api.training_control import cancel
 
-    return visionpipe_call(req, lambda: cancel(IterationApi.create(),
+    return visionpipe_call(req, lambda: cancel(IterationApi.for_request(req),
                                                req.route_params["projectId"],
                                                req.route_params["iterationId"]))

@@ -7,7 +7,6 @@ import azure.functions as func
 from visionpipe import names
 from visionpipe.messages import TrainingEvent
 from visionpipe.settings import get_settings
-from visionpipe.storage import get_storage
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -17,16 +16,15 @@ log = logging.getLogger(__name__)
 @bp.queue_trigger(arg_name="msg", queue_name=f"%{names.SETTING_TRAINING_EVENTS_QUEUE}%",
                   connection=names.STORAGE_CONNECTION)
 def on_training_event(msg: func.QueueMessage) -> None:
+    from visionpipe.api.context import RequestContext
     from visionpipe.pipeline.publishing import AutoPublishConfig, handle_training_event
-    from visionpipe.stores.label_store import LabelStore
-    from visionpipe.stores.registry import Registry
 
     # A message that is not a training event raises BadMessage: after maxDequeueCount tries the
     # runtime moves it to the poison queue, where it stays for a person to look at. An event
     # that its iteration's artifacts do not back (forged, early) is ignored: outcome "Ignored".
     event = TrainingEvent.from_json(msg.get_body())
-    storage = get_storage()
-    outcome = handle_training_event(event, Registry(storage), LabelStore(storage),
+    ctx = RequestContext.create()
+    outcome = handle_training_event(event, ctx.registry, ctx.label_store,
                                     AutoPublishConfig.from_settings(get_settings()))
     log.info("training event %s for %s/%s (dequeue %s) -> %s%s", event.training_status,
              event.project_id, event.iteration_id, msg.dequeue_count, outcome.status,

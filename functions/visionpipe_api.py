@@ -38,17 +38,15 @@ def _call(req: func.HttpRequest, action: Callable[[], object]) -> func.HttpRespo
 def quarantine(req: func.HttpRequest) -> func.HttpResponse:
     def act() -> object:
         from visionpipe import names
-        from visionpipe.api.projects import require_project
-        from visionpipe.storage import get_storage
-        from visionpipe.stores.label_store import LabelStore
+        from visionpipe.api.context import RequestContext
         from visionpipe.stores.quarantine import list_project_quarantine
 
-        storage = get_storage()
-        project = require_project(LabelStore(storage), req.route_params["projectId"])
+        ctx = RequestContext.for_request(req)
+        project = ctx.project(req.route_params["projectId"])
         return [
             {"container": container, **reason}
             for container in names.DROP_CONTAINERS
-            for reason in list_project_quarantine(storage, container, project.name)
+            for reason in list_project_quarantine(ctx.storage, container, project.name)
         ]
 
     return _call(req, act)
@@ -60,11 +58,10 @@ def quarantine(req: func.HttpRequest) -> func.HttpResponse:
 def iteration_progress(req: func.HttpRequest) -> func.HttpResponse:
     def act() -> object:
         from visionpipe.api import errors as api_errors
-        from visionpipe.storage import get_storage
-        from visionpipe.stores.registry import Registry
+        from visionpipe.api.context import RequestContext
 
-        iteration = Registry(get_storage()).get_iteration(req.route_params["projectId"],
-                                                          req.route_params["iterationId"])
+        iteration = RequestContext.for_request(req).registry.get_iteration(
+            req.route_params["projectId"], req.route_params["iterationId"])
         if iteration is None:
             raise api_errors.iteration_not_found()
         return {"id": iteration.id, "status": str(iteration.status),
@@ -79,14 +76,14 @@ def iteration_progress(req: func.HttpRequest) -> func.HttpResponse:
 def iteration_artifact(req: func.HttpRequest) -> func.HttpResponse:
     def act() -> object:
         from visionpipe.api import errors as api_errors
-        from visionpipe.storage import get_storage
-        from visionpipe.stores.registry import NotFound, Registry
+        from visionpipe.api.context import RequestContext
+        from visionpipe.stores.registry import NotFound
 
         name = req.route_params["name"]
         if name not in ARTIFACTS:
             raise api_errors.not_found(f"no artifact {name!r}; one of {sorted(ARTIFACTS)}")
         try:
-            data = Registry(get_storage()).download_artifact(
+            data = RequestContext.for_request(req).registry.download_artifact(
                 req.route_params["projectId"], req.route_params["iterationId"], name)
         except NotFound as e:
             raise api_errors.not_found(f"the iteration has no {name}") from e

@@ -22,7 +22,8 @@ from azure.storage.blob import AccountSasPermissions, ContentSettings
 from tests.conftest import TEST_TRAINING_KEY
 from tests.hostile.test_drop_paths import sas_connection_string
 from visionpipe import names
-from visionpipe.api.images import Context, Upload, blob_path, create_images
+from visionpipe.api.context import RequestContext
+from visionpipe.api.images import Upload, blob_path, create_images
 from visionpipe.api.models import ImageStatus
 from visionpipe.local.azurite import Azurite
 from visionpipe.local.bridge import blob_created_event
@@ -32,6 +33,7 @@ from visionpipe.rejections import Rejection
 from visionpipe.settings import StorageSettings, get_settings
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import MULTILABEL, ImageFacts, LabelStore, Project, Tag, image_id
+from visionpipe.stores.registry import Registry
 from visionpipe.validation import validate_image
 
 HEADERS = {"Training-Key": TEST_TRAINING_KEY}
@@ -114,7 +116,8 @@ def test_a_failed_record_write_keeps_the_bytes_and_ingest_records_them(
 ) -> None:
     data = make_image("circle", 71)
     tag_ids = tuple(t.id for t in two_tags)
-    ctx = Context(storage, LabelStore(read_only_tables), get_settings().training_limits)
+    ctx = RequestContext(storage, LabelStore(read_only_tables), Registry(storage),
+                         get_settings().training_limits)
     answer = create_images(ctx, multilabel.id, [Upload(data, tag_ids)])
     summary = answer.body
     assert answer.status == 207

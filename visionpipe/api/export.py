@@ -14,18 +14,21 @@ and enqueues nothing; asking again for a Failed one starts it over.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from visionpipe import names
 from visionpipe.api import errors as api_errors
+from visionpipe.api.context import RequestContext
 from visionpipe.manifest import MODEL_FILE
 from visionpipe.messages import EXPORT_FLAVORS, ExportRequest
 from visionpipe.pipeline import lifecycle_events
 from visionpipe.storage import Storage
 from visionpipe.stores.exports import DONE, EXPORTING, ExportRow, ExportStore, archive_path
-from visionpipe.stores.label_store import LabelStore
 from visionpipe.stores.registry import Iteration, IterationStatus, NotFound, Registry
+
+if TYPE_CHECKING:
+    import azure.functions as func
 
 #: ``link(platform, flavor)``: the signed download URL ("" platform: the plain model.onnx).
 Linker = Callable[[str, str], str]
@@ -59,25 +62,28 @@ def canonical(platform: str | None, flavor: str | None) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ExportApi:
-    storage: Storage
-    registry: Registry
-    label_store: LabelStore
-    rows: ExportStore
+    """The export routes over one request's :class:`RequestContext` and the export rows."""
+
+    ctx: RequestContext
+    rows: ExportStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", ExportStore(self.ctx.storage))
 
     @classmethod
-    def create(cls, storage: Storage | None = None) -> ExportApi:
-        from visionpipe.storage import get_storage
+    def for_request(cls, req: func.HttpRequest) -> ExportApi:
+        return cls(RequestContext.for_request(req))
 
-        storage = storage or get_storage()
-        return cls(storage, Registry(storage), LabelStore(storage), ExportStore(storage))
+    @property
+    def storage(self) -> Storage:
+        return self.ctx.storage
+
+    @property
+    def registry(self) -> Registry:
+        return self.ctx.registry
 
     def iteration(self, project_id: str, iteration_id: str) -> Iteration:
-        if self.label_store.get_project(project_id) is None:
-            raise api_errors.project_not_found()
-        iteration = self.registry.get_iteration(project_id, iteration_id)
-        if iteration is None:
-            raise api_errors.iteration_not_found()
-        return iteration
+        return self.ctx.iteration(project_id, iteration_id)
 
     def trained(self, project_id: str, iteration_id: str) -> Iteration:
         iteration = self.iteration(project_id, iteration_id)

@@ -19,7 +19,7 @@ import base64
 import binascii
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,22 +28,19 @@ from visionpipe import names
 from visionpipe.api import errors as api_errors
 from visionpipe.api import models as api_models
 from visionpipe.api.adapter import WithStatus
+from visionpipe.api.context import RequestContext
 from visionpipe.api.errors import ApiError
 from visionpipe.api.models import REASON_STATUS, ImageCreateResult, ImageStatus
-from visionpipe.api.projects import require_project
 from visionpipe.api.regions import BadRegion, Box, require_detection, upload_regions
 from visionpipe.api.values import Values, is_id
 from visionpipe.blob_names import is_safe_blob_name
 from visionpipe.pipeline.ingest import API_TAGS_METADATA, API_UPLOAD_MARKER, UNTAGGED_FOLDER
 from visionpipe.rejections import Reason, Rejected, Rejection
-from visionpipe.settings import ImageLimits
-from visionpipe.storage import Storage
 from visionpipe.stores.label_store import (
     AddStatus,
     ImageFacts,
     ImageRecord,
     ImageRegion,
-    LabelStore,
     MetadataLimitExceeded,
     Project,
     Tag,
@@ -81,16 +78,6 @@ def image_not_found() -> ApiError:
 
 
 @dataclass(frozen=True)
-class Context:
-    """What the image operations need; ``image_uri(project_id, image_id)`` builds the URIs."""
-
-    storage: Storage
-    store: LabelStore
-    limits: ImageLimits
-    image_uri: Callable[[str, str], str | None] = lambda _p, _i: None
-
-
-@dataclass(frozen=True)
 class Upload:
     """One image of a batch: its bytes, or why they could not be had."""
 
@@ -108,7 +95,7 @@ def blob_path(project: Project, tag: Tag | None, image_id: str, fmt: str) -> str
     return f"{project.name}/{folder}/{image_id}.{_EXTENSIONS.get(fmt, 'img')}"
 
 
-def _image_dict(ctx: Context, record: ImageRecord, tags: dict[str, Tag]) -> dict[str, Any]:
+def _image_dict(ctx: RequestContext, record: ImageRecord, tags: dict[str, Tag]) -> dict[str, Any]:
     return api_models.image_to_dict(record, tags, ctx.image_uri(record.project_id, record.id))
 
 
@@ -117,21 +104,21 @@ def _tag_ids(*lists: Iterable[str] | None) -> tuple[str, ...]:
 
 
 # --- uploads ------------------------------------------------------------------------------------
-def create_images(ctx: Context, project_id: str, uploads: Sequence[Upload]) -> WithStatus:
+def create_images(ctx: RequestContext, project_id: str, uploads: Sequence[Upload]) -> WithStatus:
     """Validate and record a batch; ``(ImageCreateSummary, 200 | 207)``."""
-    project = require_project(ctx.store, project_id)
+    project = ctx.project(project_id)
     if not 0 < len(uploads) <= MAX_BATCH:
         raise image_batch_error(len(uploads))
     if any(u.regions for u in uploads):
         require_detection(project)
-    tags = {t.id: t for t in ctx.store.list_tags(project_id)}
+    tags = {t.id: t for t in ctx.label_store.list_tags(project_id)}
     # A few at a time: validation releases the GIL in Pillow, storage calls wait on the network.
     with ThreadPoolExecutor(max_workers=min(UPLOAD_WORKERS, len(uploads))) as pool:
         results = list(pool.map(lambda u: _create_one(ctx, project, tags, u), uploads))
     return api_models.summary(results)
 
 
-def _create_one(ctx: Context, project: Project, tags: dict[str, Tag],
+def _create_one(ctx: RequestContext, project: Project, tags: dict[str, Tag],
                 upload: Upload) -> ImageCreateResult:
     def fail(status: ImageStatus, detail: str) -> ImageCreateResult:
         return ImageCreateResult(status, source_url=upload.source_url, reason=detail)
@@ -176,7 +163,7 @@ def _blob_metadata(tag_ids: Sequence[str]) -> dict[str, str]:
     return {**SOURCE_METADATA, **({API_TAGS_METADATA: ",".join(tag_ids)} if tag_ids else {})}
 
 
-def _write_if_absent(ctx: Context, path: str, data: bytes, fmt: str,
+def _write_if_absent(ctx: RequestContext, path: str, data: bytes, fmt: str,
                      tag_ids: Sequence[str]) -> str | None:
     """Write the blob unless one is there already; the new blob's ETag, or None."""
     from azure.core.exceptions import ResourceExistsError
@@ -193,7 +180,7 @@ def _write_if_absent(ctx: Context, path: str, data: bytes, fmt: str,
     return str(written["etag"])
 
 
-def _discard(ctx: Context, path: str, etag: str) -> None:
+def _discard(ctx: RequestContext, path: str, etag: str) -> None:
     """Remove a blob this request wrote and no record names (only that very version)."""
     from contextlib import suppress
 
@@ -205,7 +192,7 @@ def _discard(ctx: Context, path: str, etag: str) -> None:
             path, etag=etag, match_condition=MatchConditions.IfNotModified)
 
 
-def _store_image(ctx: Context, project: Project, tag_ids: tuple[str, ...], facts: ImageFacts,
+def _store_image(ctx: RequestContext, project: Project, tag_ids: tuple[str, ...], facts: ImageFacts,
                  path: str, data: bytes, metadata: tuple[tuple[str, str], ...] = (),
                  regions: tuple[ImageRegion, ...] = ()) -> tuple[ImageStatus, ImageRecord]:
     """Blob first (when absent), then the record; ``OK`` or ``OKDuplicate`` and the record.
@@ -219,7 +206,7 @@ def _store_image(ctx: Context, project: Project, tag_ids: tuple[str, ...], facts
                        f"multiclass project {project.name!r}: one image carries one tag")
     etag = _write_if_absent(ctx, path, data, facts.format, tag_ids)
     try:
-        added = ctx.store.create_image(project, tag_ids, facts, path, metadata, regions)
+        added = ctx.label_store.create_image(project, tag_ids, facts, path, metadata, regions)
     except Rejected:
         if etag is not None:
             _discard(ctx, path, etag)
@@ -237,7 +224,7 @@ def _store_image(ctx: Context, project: Project, tag_ids: tuple[str, ...], facts
     return ImageStatus.OK_DUPLICATE, record
 
 
-def _restore_blob(ctx: Context, record: ImageRecord, data: bytes) -> None:
+def _restore_blob(ctx: RequestContext, record: ImageRecord, data: bytes) -> None:
     """Write ``data`` at the record's first path when none of its blobs exists."""
     container = ctx.storage.container(names.TRAINING_IMAGES)
     if any(container.get_blob_client(p).exists() for p in record.blob_paths):
@@ -375,13 +362,13 @@ def uploads_from_urls(batch: Values, max_bytes: int) -> list[Upload]:
         return with_metadata(list(pool.map(one, entries)), batch)
 
 
-def uploads_from_predictions(ctx: Context, project_id: str,
+def uploads_from_predictions(ctx: RequestContext, project_id: str,
                              batch: Values) -> list[Upload]:
     """``ImageIdCreateBatch``: ids of stored predictions whose image was kept in storage."""
     return with_metadata(_uploads_from_predictions(ctx, project_id, batch), batch)
 
 
-def _uploads_from_predictions(ctx: Context, project_id: str, batch: Values) -> list[Upload]:
+def _uploads_from_predictions(ctx: RequestContext, project_id: str, batch: Values) -> list[Upload]:
     from azure.core.exceptions import ResourceNotFoundError
 
     from visionpipe.stores.prediction_store import PredictionStore
@@ -418,12 +405,12 @@ def _uploads_from_predictions(ctx: Context, project_id: str, batch: Values) -> l
 
 
 # --- queries ------------------------------------------------------------------------------------
-def _select(ctx: Context, project_id: str, tagged: bool | None,
+def _select(ctx: RequestContext, project_id: str, tagged: bool | None,
             tag_ids: Sequence[str] = ()) -> list[ImageRecord]:
-    require_project(ctx.store, project_id)
+    ctx.project(project_id)
     wanted = set(_tag_ids(tag_ids))
     out = []
-    for record in ctx.store.iter_images(project_id):
+    for record in ctx.label_store.iter_images(project_id):
         if tagged is True and not record.tag_ids:
             continue
         if tagged is False and record.tag_ids:
@@ -434,7 +421,7 @@ def _select(ctx: Context, project_id: str, tagged: bool | None,
     return out
 
 
-def list_images(ctx: Context, project_id: str, tagged: bool | None,
+def list_images(ctx: RequestContext, project_id: str, tagged: bool | None,
                 tag_ids: Sequence[str] = (), order_by: str | None = None, take: int = 50,
                 skip: int = 0) -> list[dict[str, Any]]:
     """Tagged / untagged / all images, newest first unless ``orderBy=Oldest``."""
@@ -443,11 +430,11 @@ def list_images(ctx: Context, project_id: str, tagged: bool | None,
     records = _select(ctx, project_id, tagged, tag_ids)
     oldest = (order_by or "Newest").lower() == "oldest"
     records.sort(key=lambda r: (r.created, r.sha256), reverse=not oldest)
-    tags = {t.id: t for t in ctx.store.list_tags(project_id)}
+    tags = {t.id: t for t in ctx.label_store.list_tags(project_id)}
     return [_image_dict(ctx, r, tags) for r in records[skip:skip + take]]
 
 
-def count_images(ctx: Context, project_id: str, tagged: bool | None,
+def count_images(ctx: RequestContext, project_id: str, tagged: bool | None,
                  tag_ids: Sequence[str] = ()) -> int:
     return len(_select(ctx, project_id, tagged, tag_ids))
 
@@ -460,22 +447,22 @@ def tagging_status(value: str | None) -> bool | None:
     return None if v == "all" else v == "tagged"
 
 
-def get_images_by_ids(ctx: Context, project_id: str, image_ids: Sequence[str]
+def get_images_by_ids(ctx: RequestContext, project_id: str, image_ids: Sequence[str]
                       ) -> list[dict[str, Any]]:
-    require_project(ctx.store, project_id)
+    ctx.project(project_id)
     if len(image_ids) > MAX_IDS:
         raise api_errors.bad_request("BadRequestExceededBatchSize", f"at most {MAX_IDS} ids")
-    tags = {t.id: t for t in ctx.store.list_tags(project_id)}
-    found = (ctx.store.find_image(project_id, i) for i in dict.fromkeys(image_ids))
+    tags = {t.id: t for t in ctx.label_store.list_tags(project_id)}
+    found = (ctx.label_store.find_image(project_id, i) for i in dict.fromkeys(image_ids))
     return [_image_dict(ctx, r, tags) for r in found if r is not None]
 
 
-def original_image(ctx: Context, project_id: str, image_id: str) -> tuple[bytes, str]:
+def original_image(ctx: RequestContext, project_id: str, image_id: str) -> tuple[bytes, str]:
     """The stored bytes of an image and their content type (the ``originalImageUri``)."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    require_project(ctx.store, project_id)
-    record = ctx.store.find_image(project_id, image_id)
+    ctx.project(project_id)
+    record = ctx.label_store.find_image(project_id, image_id)
     if record is None:
         raise image_not_found()
     container = ctx.storage.container(names.TRAINING_IMAGES)
@@ -489,13 +476,13 @@ def original_image(ctx: Context, project_id: str, image_id: str) -> tuple[bytes,
 
 
 # --- image tags and deletes ---------------------------------------------------------------------
-def create_image_tags(ctx: Context, project_id: str, batch: Values) -> dict[str, Any]:
+def create_image_tags(ctx: RequestContext, project_id: str, batch: Values) -> dict[str, Any]:
     """``ImageTagCreateBatch`` -> ``ImageTagCreateSummary`` (created / duplicated / exceeded).
 
     "Exceeded" holds what would break a limit: a second tag on a multiclass image, or more than
     ``MAX_TAGS_PER_IMAGE`` tags.
     """
-    project = require_project(ctx.store, project_id)
+    project = ctx.project(project_id)
     raw = batch.get("tags")
     if isinstance(raw, list) and len(raw) > MAX_TAG_ENTRIES:
         raise api_errors.bad_request("BadRequestExceededBatchSize",
@@ -503,7 +490,7 @@ def create_image_tags(ctx: Context, project_id: str, batch: Values) -> dict[str,
     entries = batch.objects("tags", max_items=MAX_TAG_ENTRIES)
     if entries is None:
         raise api_errors.bad_request("BadRequestImageTags", "tags must be a list of objects")
-    tags = {t.id for t in ctx.store.list_tags(project_id)}
+    tags = {t.id for t in ctx.label_store.list_tags(project_id)}
     pairs = [((e.string("imageId", max_length=64) or "").lower(),
               (e.string("tagId", max_length=64) or "").lower()) for e in entries]
     records: dict[str, ImageRecord] = {}
@@ -511,20 +498,20 @@ def create_image_tags(ctx: Context, project_id: str, batch: Values) -> dict[str,
         if tag_id not in tags:
             raise api_errors.bad_request("BadRequestImageTags", f"Unknown tag {tag_id}")
         if image_id_ not in records:
-            record = ctx.store.find_image(project_id, image_id_)
+            record = ctx.label_store.find_image(project_id, image_id_)
             if record is None:
                 raise api_errors.bad_request("BadRequestImageTags", f"Unknown image {image_id_}")
             records[image_id_] = record
     created, duplicated, exceeded = [], [], []
     for image_id_, tag_id in dict.fromkeys(pairs):
         record = records[image_id_]
-        current = ctx.store.get_image(project_id, record.sha256)
+        current = ctx.label_store.get_image(project_id, record.sha256)
         if current is not None and tag_id not in current.tag_ids and (
                 len(current.tag_ids) >= MAX_TAGS_PER_IMAGE):
             exceeded.append((image_id_, tag_id))
             continue
         try:
-            status = ctx.store.add_image_tag(project, record.sha256, tag_id)
+            status = ctx.label_store.add_image_tag(project, record.sha256, tag_id)
         except Rejected as e:
             if e.rejection.reason != Reason.CONFLICTING_TAG:
                 raise
@@ -540,9 +527,9 @@ def create_image_tags(ctx: Context, project_id: str, batch: Values) -> dict[str,
     }
 
 
-def delete_image_tags(ctx: Context, project_id: str, image_ids: Sequence[str],
+def delete_image_tags(ctx: RequestContext, project_id: str, image_ids: Sequence[str],
                       tag_ids: Sequence[str]) -> None:
-    require_project(ctx.store, project_id)
+    ctx.project(project_id)
     if not image_ids or not tag_ids:
         raise api_errors.bad_request("BadRequest", "imageIds and tagIds are required")
     if len(image_ids) > MAX_BATCH or len(tag_ids) > MAX_TAGS_PER_IMAGE:
@@ -551,31 +538,31 @@ def delete_image_tags(ctx: Context, project_id: str, image_ids: Sequence[str],
                                      f"{MAX_TAGS_PER_IMAGE} tags")
     remove = set(_tag_ids(tag_ids))
     for image_id_ in image_ids:
-        record = ctx.store.find_image(project_id, image_id_)
+        record = ctx.label_store.find_image(project_id, image_id_)
         if record is not None:
-            ctx.store.remove_image_tags(project_id, record.sha256, remove)
+            ctx.label_store.remove_image_tags(project_id, record.sha256, remove)
 
 
-def delete_images(ctx: Context, project_id: str, image_ids: Sequence[str],
+def delete_images(ctx: RequestContext, project_id: str, image_ids: Sequence[str],
                   all_images: bool = False) -> None:
     """Delete records and their blobs; unknown ids are ignored, as the service does."""
     from contextlib import suppress
 
     from azure.core.exceptions import ResourceNotFoundError
 
-    require_project(ctx.store, project_id)
+    ctx.project(project_id)
     if len(image_ids) > MAX_IDS:
         raise api_errors.bad_request("BadRequestExceededBatchSize", f"at most {MAX_IDS} ids")
     if all_images:
-        records = list(ctx.store.iter_images(project_id))
+        records = list(ctx.label_store.iter_images(project_id))
     else:
         if not image_ids:
             raise api_errors.bad_request("BadRequest", "imageIds or allImages=true is required")
-        found = (ctx.store.find_image(project_id, i) for i in dict.fromkeys(image_ids))
+        found = (ctx.label_store.find_image(project_id, i) for i in dict.fromkeys(image_ids))
         records = [r for r in found if r is not None]
     container = ctx.storage.container(names.TRAINING_IMAGES)
     for record in records:
-        ctx.store.delete_image(project_id, record.sha256)
+        ctx.label_store.delete_image(project_id, record.sha256)
         for path in record.blob_paths:
             with suppress(ResourceNotFoundError):
                 container.delete_blob(path)
@@ -605,12 +592,12 @@ def check_metadata(raw: object) -> dict[str, str]:
     return dict(raw)
 
 
-def update_image_metadata(ctx: Context, project_id: str, image_ids: Sequence[str],
+def update_image_metadata(ctx: RequestContext, project_id: str, image_ids: Sequence[str],
                           body: Values) -> WithStatus:
     """``POST images/metadata?imageIds=``: set the body's pairs on each image (other keys stay);
     ``ImageMetadataUpdateSummary``, 200 when every image is OK, else 207 with per-image
     ``ErrorImageNotFound`` / ``ErrorLimitExceed`` (more than 10 pairs)."""
-    require_project(ctx.store, project_id)
+    ctx.project(project_id)
     ids = list(dict.fromkeys(image_ids))
     if not ids:
         raise api_errors.bad_request("BadRequestImageBatch", "imageIds is required")
@@ -622,11 +609,11 @@ def update_image_metadata(ctx: Context, project_id: str, image_ids: Sequence[str
         raise api_errors.bad_request("BadRequestImageMetadataKey", "no metadata to set")
     entries = []
     for image in ids:
-        record = ctx.store.find_image(project_id, image)
+        record = ctx.label_store.find_image(project_id, image)
         status, metadata = "ErrorImageNotFound", None
         if record is not None:
             try:
-                updated = ctx.store.update_image_metadata(project_id, record.sha256, updates,
+                updated = ctx.label_store.update_image_metadata(project_id, record.sha256, updates,
                                                           MAX_METADATA_PAIRS)
             except MetadataLimitExceeded:
                 status, metadata = "ErrorLimitExceed", dict(record.metadata)

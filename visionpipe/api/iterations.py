@@ -11,16 +11,20 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visionpipe import names
 from visionpipe.api import errors as api_errors
+from visionpipe.api.context import RequestContext
 from visionpipe.manifest import METRICS_FILE, overall_section
 from visionpipe.messages import EXPORT_FLAVORS
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import LabelStore, Project
 from visionpipe.stores.registry import Iteration, IterationStatus, NotFound, Publications, Registry
 from visionpipe.timestamps import iso
+
+if TYPE_CHECKING:
+    import azure.functions as func
 
 # What a trained iteration exports to (visionpipe.api.export converts and serves them).
 EXPORT_PLATFORMS = tuple(EXPORT_FLAVORS)
@@ -29,35 +33,36 @@ MAX_TAKE = 256
 
 @dataclass(frozen=True)
 class IterationApi:
-    """The stores one request needs (cheap to build: clients are shared per process)."""
+    """The iteration routes over one request's :class:`RequestContext` (a thin view: the
+    context holds the stores and the lookups)."""
 
-    storage: Storage
-    registry: Registry
-    label_store: LabelStore
+    ctx: RequestContext
 
     @classmethod
-    def create(cls, storage: Storage | None = None) -> IterationApi:
-        from visionpipe.storage import get_storage
+    def for_request(cls, req: func.HttpRequest) -> IterationApi:
+        return cls(RequestContext.for_request(req))
 
-        storage = storage or get_storage()
-        return cls(storage, Registry(storage), LabelStore(storage))
+    @property
+    def storage(self) -> Storage:
+        return self.ctx.storage
+
+    @property
+    def registry(self) -> Registry:
+        return self.ctx.registry
+
+    @property
+    def label_store(self) -> LabelStore:
+        return self.ctx.label_store
 
     # --- lookups --------------------------------------------------------------------------------
     def project(self, project_id: str) -> Project:
-        project = self.label_store.get_project(project_id)
-        if project is None:
-            raise api_errors.project_not_found()
-        return project
+        return self.ctx.project(project_id)
 
     def iteration(self, project_id: str, iteration_id: str) -> Iteration:
-        self.project(project_id)
-        iteration = self.registry.get_iteration(project_id, iteration_id)
-        if iteration is None:
-            raise api_errors.iteration_not_found()
-        return iteration
+        return self.ctx.iteration(project_id, iteration_id)
 
     def publications(self, project_id: str) -> Publications:
-        return self.registry.current_publications(project_id)
+        return self.ctx.publications(project_id)
 
     # --- shapes ---------------------------------------------------------------------------------
     def to_json(self, iteration: Iteration, project: Project | None = None,

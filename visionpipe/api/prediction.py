@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 
 from visionpipe.api import errors as api_errors
+from visionpipe.api.context import RequestContext
 from visionpipe.api.multipart import BadBody, image_from_body
 from visionpipe.rejections import Reason, Rejection
 from visionpipe.serving.core import (
@@ -27,7 +28,7 @@ from visionpipe.serving.core import (
 )
 from visionpipe.serving.results import PredictionResult
 from visionpipe.settings import ImageLimits, get_settings
-from visionpipe.storage import Storage, get_storage
+from visionpipe.storage import Storage
 from visionpipe.stores import prediction_images
 from visionpipe.stores.prediction_store import SOURCE_API, PredictionStore, TagProbability
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def classify_request(
+    ctx: RequestContext,
     project_id: str,
     published_name: str,
     body: bytes,
@@ -57,12 +59,13 @@ def classify_request(
         raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
     return classify_image(core, project_id, publication.iteration_id, data,
                           get_settings().prediction_limits, store=store,
-                          publish_name=published_name, application=application)
+                          publish_name=published_name, application=application,
+                          storage=ctx.storage)
 
 
 def classify_image(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
                    limits: ImageLimits, *, store: bool, publish_name: str = "",
-                   application: str = "", storage: Storage | None = None) -> PredictionResult:
+                   application: str = "", storage: Storage) -> PredictionResult:
     """Validate, classify and (``store``) record one image of an API request: the one path of
     the prediction routes and the training API's quick test, so both refuse the same images
     with the same codes (an undecodable image is a 400, never a 500)."""
@@ -92,10 +95,9 @@ def wrong_domain_type(message: str) -> api_errors.ApiError:
 
 
 def _keep(result: PredictionResult, project_id: str, data: bytes, fmt: str, sha256: str, *,
-          store: bool, publish_name: str, application: str, storage: Storage | None) -> None:
+          store: bool, publish_name: str, application: str, storage: Storage) -> None:
     """The storing routes keep the picture first, then the row that names it."""
     if store:  # the picture first, then the row that names it (as the service keeps both)
-        storage = storage or get_storage()
         kept = prediction_images.keep(storage, project_id, result.id, data, fmt)
         PredictionStore(storage).record(result.stored(
             SOURCE_API, publish_name=publish_name, image_sha256=sha256,
@@ -103,6 +105,7 @@ def _keep(result: PredictionResult, project_id: str, data: bytes, fmt: str, sha2
 
 
 def classify_url_request(
+    ctx: RequestContext,
     project_id: str,
     published_name: str,
     url: str,
@@ -125,13 +128,14 @@ def classify_url_request(
     limits = get_settings().prediction_limits
     data = fetch_image(url, limits.max_bytes)
     return classify_image(core, project_id, publication.iteration_id, data, limits,
-                          store=store, publish_name=published_name, application=application)
+                          store=store, publish_name=published_name, application=application,
+                          storage=ctx.storage)
 
 
 # --- object detection ---------------------------------------------------------------------------
 def detect_image(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
                  limits: ImageLimits, *, store: bool, publish_name: str = "",
-                 application: str = "", storage: Storage | None = None) -> PredictionResult:
+                 application: str = "", storage: Storage) -> PredictionResult:
     """Validate, detect and (``store``) record one image: ``predictions`` are boxes, best first,
     at most the manifest's ``maxDetections`` (200), no threshold beyond its tiny floor."""
     if not data:
@@ -161,7 +165,7 @@ def detect_image(core: ServingCore, project_id: str, iteration_id: str, data: by
     return result
 
 
-def detect_request(project_id: str, published_name: str, body: bytes,
+def detect_request(ctx: RequestContext, project_id: str, published_name: str, body: bytes,
                    content_type: str | None, *, store: bool, application: str = "",
                    core: ServingCore | None = None) -> PredictionResult:
     """One ``/detect/iterations/{publishedName}/image[/nostore]`` request (key already checked)."""
@@ -176,10 +180,12 @@ def detect_request(project_id: str, published_name: str, body: bytes,
         raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
     return detect_image(core, project_id, publication.iteration_id, data,
                         get_settings().prediction_limits, store=store,
-                        publish_name=published_name, application=application)
+                        publish_name=published_name, application=application,
+                        storage=ctx.storage)
 
 
-def detect_url_request(project_id: str, published_name: str, url: str, *, store: bool,
+def detect_url_request(ctx: RequestContext, project_id: str, published_name: str, url: str, *,
+                       store: bool,
                        application: str = "", core: ServingCore | None = None
                        ) -> PredictionResult:
     """One ``/detect/iterations/{publishedName}/url[/nostore]`` request: resolved first, then
@@ -194,4 +200,5 @@ def detect_url_request(project_id: str, published_name: str, url: str, *, store:
     limits = get_settings().prediction_limits
     data = fetch_image(url, limits.max_bytes)
     return detect_image(core, project_id, publication.iteration_id, data, limits,
-                        store=store, publish_name=published_name, application=application)
+                        store=store, publish_name=published_name, application=application,
+                        storage=ctx.storage)

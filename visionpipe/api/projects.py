@@ -12,7 +12,7 @@ layout"). A taken name is a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visionpipe import domains
 from visionpipe.api import errors as api_errors
@@ -20,7 +20,6 @@ from visionpipe.api import models as api_models
 from visionpipe.api.errors import ApiError
 from visionpipe.api.values import Values
 from visionpipe.blob_names import folder_name_problem
-from visionpipe.storage import Storage
 from visionpipe.stores.label_store import (
     CLASSIFICATION_TYPES,
     LabelStore,
@@ -28,7 +27,9 @@ from visionpipe.stores.label_store import (
     Project,
     Tag,
 )
-from visionpipe.stores.registry import Registry
+
+if TYPE_CHECKING:
+    from visionpipe.api.context import RequestContext  # it imports this module
 
 MAX_DESCRIPTION_LENGTH = 4096
 
@@ -112,7 +113,7 @@ def get_domain(domain_id: str) -> dict[str, Any]:
 
 # --- projects -----------------------------------------------------------------------------------
 def create_project(
-    store: LabelStore, name: str | None, description: str | None = None,
+    ctx: RequestContext, name: str | None, description: str | None = None,
     domain_id: str | None = None, classification_type: str | None = None,
     target_export_platforms: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def create_project(
         raise api_errors.bad_request("BadRequestProjectUnsupportedExportPlatform",
                                      f"visionpipe exports ONNX only, not {', '.join(unknown)}")
     try:
-        project = store.create_project_unique(
+        project = ctx.label_store.create_project_unique(
             checked, _classification(classification_type), _domain(domain_id),
             _check_description(description, "BadRequestProjectDescription"),
         )
@@ -131,15 +132,15 @@ def create_project(
     return api_models.project_to_dict(project)
 
 
-def get_project(store: LabelStore, project_id: str) -> dict[str, Any]:
-    return api_models.project_to_dict(require_project(store, project_id))
+def get_project(ctx: RequestContext, project_id: str) -> dict[str, Any]:
+    return api_models.project_to_dict(ctx.project(project_id))
 
 
-def list_projects(store: LabelStore) -> list[dict[str, Any]]:
-    return [api_models.project_to_dict(p) for p in store.list_projects()]
+def list_projects(ctx: RequestContext) -> list[dict[str, Any]]:
+    return [api_models.project_to_dict(p) for p in ctx.label_store.list_projects()]
 
 
-def update_project(store: LabelStore, project_id: str, body: Values) -> dict[str, Any]:
+def update_project(ctx: RequestContext, project_id: str, body: Values) -> dict[str, Any]:
     """PATCH with a ``Project`` body: name, description, settings.domainId/classificationType.
 
     Multilabel -> Multiclass is refused while an image carries more than one tag, since a
@@ -150,7 +151,8 @@ def update_project(store: LabelStore, project_id: str, body: Values) -> dict[str
     settings = body.object("settings")
     classification_type = settings.string("classificationType")
     domain = settings.string("domainId")
-    project = require_project(store, project_id)
+    store = ctx.label_store
+    project = ctx.project(project_id)
     if name is not None:
         _check_name(name, "BadRequestProjectName", "project")
     classification = _classification(classification_type) if classification_type else None
@@ -179,8 +181,7 @@ def update_project(store: LabelStore, project_id: str, body: Values) -> dict[str
     return api_models.project_to_dict(updated)
 
 
-def delete_project(storage: Storage, store: LabelStore, registry: Registry,
-                   project_id: str) -> None:
+def delete_project(ctx: RequestContext, project_id: str) -> None:
     """Delete a project with everything it owns (visionpipe.stores.project_delete).
 
     Refused while an iteration is published, as the service does: prediction clients may still
@@ -190,11 +191,11 @@ def delete_project(storage: Storage, store: LabelStore, registry: Registry,
     from visionpipe.stores import project_delete
     from visionpipe.stores.registry import TrainingInProgress
 
-    project = require_project(store, project_id)
-    if registry.current_publications(project_id).by_name:
+    project = ctx.project(project_id)
+    if ctx.publications(project_id).by_name:
         raise project_has_published_iteration()
     try:
-        project_delete.delete_project(storage, store, registry, project)
+        project_delete.delete_project(ctx.storage, ctx.label_store, ctx.registry, project)
     except TrainingInProgress as e:
         raise api_errors.bad_request(
             "BadRequestTrainingAlreadyInProgress",

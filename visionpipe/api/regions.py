@@ -17,18 +17,17 @@ from typing import TYPE_CHECKING, Any
 from visionpipe.annotations import EDGE_TOLERANCE
 from visionpipe.api import errors as api_errors
 from visionpipe.api.adapter import WithStatus
+from visionpipe.api.context import RequestContext
 from visionpipe.api.errors import ApiError
 from visionpipe.api.models import region_to_dict
-from visionpipe.api.projects import require_project
 from visionpipe.api.values import Values, is_id
 from visionpipe.rejections import Reason
-from visionpipe.stores.label_store import ImageRecord, LabelStore, Project, RegionOutcome
+from visionpipe.stores.label_store import ImageRecord, Project, RegionOutcome
 from visionpipe.training_rules import MAX_REGIONS_PER_IMAGE
 
 if TYPE_CHECKING:
     from visionpipe.serving.core import ServingCore
     from visionpipe.storage import Storage
-    from visionpipe.stores.registry import Registry
 
 MAX_REGION_ENTRIES = 64  # entries per create_image_regions call and ids per delete (the SDK's)
 
@@ -116,13 +115,14 @@ def _entry_dict(image_id: str, tag_id: str, box: Box) -> dict[str, Any]:
             "height": height}
 
 
-def create_image_regions(store: LabelStore, project_id: str, batch: Values) -> WithStatus:
+def create_image_regions(ctx: RequestContext, project_id: str, batch: Values) -> WithStatus:
     """``ImageRegionCreateBatch`` -> ``ImageRegionCreateSummary``: 200, or 207 when some entry
     was ``exceeded`` (its image holds ``MAX_REGIONS_PER_IMAGE`` regions already).
 
     The whole batch is checked before anything is written (unknown image or tag, a bad box:
     400 ``BadRequestImageRegions``), then each image is changed in one conditional write."""
-    project = require_project(store, project_id)
+    store = ctx.label_store
+    project = ctx.project(project_id)
     require_detection(project)
     raw = batch.get("regions")
     if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
@@ -172,10 +172,12 @@ def create_image_regions(store: LabelStore, project_id: str, batch: Values) -> W
     return WithStatus(body, 207 if exceeded else 200)
 
 
-def delete_image_regions(store: LabelStore, project_id: str, region_ids: Sequence[str]) -> None:
+def delete_image_regions(ctx: RequestContext, project_id: str,
+                         region_ids: Sequence[str]) -> None:
     """``DELETE images/regions?regionIds=``: unknown ids are ignored, as the service does for
     images; a tag whose last region on an image went leaves that image's tags."""
-    project = require_project(store, project_id)
+    store = ctx.label_store
+    project = ctx.project(project_id)
     require_detection(project)
     ids = {r.strip().lower() for r in region_ids if r.strip()}
     if not ids:
@@ -194,8 +196,8 @@ def no_detector() -> ApiError:
         "Region proposals come from a trained object detection iteration; the project has none")
 
 
-def region_proposals(storage: Storage, store: LabelStore, registry: Registry, project_id: str,
-                     image_id: str, core: ServingCore | None = None) -> dict[str, Any]:
+def region_proposals(ctx: RequestContext, project_id: str, image_id: str,
+                     core: ServingCore | None = None) -> dict[str, Any]:
     """``POST images/{imageId}/regionproposals`` -> ``ImageRegionProposal``: the boxes the
     project's newest Completed detection iteration finds on the image, class-agnostic (a
     labeller starts from them and picks the tags), best first.
@@ -204,7 +206,8 @@ def region_proposals(storage: Storage, store: LabelStore, registry: Registry, pr
     from visionpipe.serving.core import ModelUnavailable, get_serving
     from visionpipe.stores.registry import IterationStatus
 
-    project = require_project(store, project_id)
+    storage, store, registry = ctx.storage, ctx.label_store, ctx.registry
+    project = ctx.project(project_id)
     require_detection(project)
     record = store.find_image(project_id, image_id)
     if record is None:
@@ -257,8 +260,7 @@ def _image_bytes(storage: Storage, record: ImageRecord) -> bytes | None:
     return None
 
 
-def suggest_tags_and_regions(storage: Storage, store: LabelStore, registry: Registry,
-                             project_id: str, iteration_id: str | None,
+def suggest_tags_and_regions(ctx: RequestContext, project_id: str, iteration_id: str | None,
                              image_ids: Sequence[str],
                              core: ServingCore | None = None) -> list[dict[str, Any]]:
     """``POST tagsandregions/suggestions?iterationId=&imageIds=`` -> ``SuggestedTagAndRegion``
@@ -271,7 +273,8 @@ def suggest_tags_and_regions(storage: Storage, store: LabelStore, registry: Regi
     from visionpipe.stores.registry import IterationStatus
     from visionpipe.timestamps import iso
 
-    require_project(store, project_id)
+    storage, store, registry = ctx.storage, ctx.label_store, ctx.registry
+    ctx.project(project_id)
     if not iteration_id or not is_id(iteration_id):
         raise api_errors.bad_request("BadRequest", "iterationId is required")
     ids = list(dict.fromkeys(i.strip().lower() for i in image_ids if i.strip()))

@@ -11,11 +11,10 @@ from typing import Any
 
 from visionpipe.api import errors as api_errors
 from visionpipe.api import models as api_models
+from visionpipe.api.context import RequestContext
 from visionpipe.api.projects import (
     _check_description,
     _check_name,
-    require_project,
-    require_tag,
     tag_not_found,
 )
 from visionpipe.api.values import Values
@@ -34,9 +33,10 @@ def image_counts(store: LabelStore, project_id: str) -> Counter[str]:
     return counts
 
 
-def create_tag(store: LabelStore, project_id: str, name: str | None,
+def create_tag(ctx: RequestContext, project_id: str, name: str | None,
                description: str | None = None, tag_type: str | None = None) -> dict[str, Any]:
-    require_project(store, project_id)
+    ctx.project(project_id)
+    store = ctx.label_store
     checked = _check_name(name, "BadRequestTagName", "tag")
     if tag_type not in (None, "", api_models.REGULAR_TAG):
         code = "BadRequestTagType"
@@ -52,25 +52,28 @@ def create_tag(store: LabelStore, project_id: str, name: str | None,
     return api_models.tag_to_dict(tag, 0)
 
 
-def get_tag(store: LabelStore, project_id: str, tag_id: str) -> dict[str, Any]:
-    require_project(store, project_id)
-    tag = require_tag(store, project_id, tag_id)
+def get_tag(ctx: RequestContext, project_id: str, tag_id: str) -> dict[str, Any]:
+    ctx.project(project_id)
+    store = ctx.label_store
+    tag = ctx.tag(project_id, tag_id)
     return api_models.tag_to_dict(tag, image_counts(store, project_id)[tag.id])
 
 
-def list_tags(store: LabelStore, project_id: str) -> list[dict[str, Any]]:
-    require_project(store, project_id)
+def list_tags(ctx: RequestContext, project_id: str) -> list[dict[str, Any]]:
+    ctx.project(project_id)
+    store = ctx.label_store
     counts = image_counts(store, project_id)
     return [api_models.tag_to_dict(t, counts[t.id]) for t in store.list_tags(project_id)]
 
 
-def update_tag(store: LabelStore, project_id: str, tag_id: str,
+def update_tag(ctx: RequestContext, project_id: str, tag_id: str,
                body: Values) -> dict[str, Any]:
     name = body.string("name", max_length=None)
     description = body.string("description", max_length=None)
     tag_type = body.string("type")
-    require_project(store, project_id)
-    require_tag(store, project_id, tag_id)
+    ctx.project(project_id)
+    store = ctx.label_store
+    ctx.tag(project_id, tag_id)
     if name is not None:
         _check_name(name, "BadRequestTagName", "tag")
     if description is not None:
@@ -86,7 +89,8 @@ def update_tag(store: LabelStore, project_id: str, tag_id: str,
     return api_models.tag_to_dict(tag, image_counts(store, project_id)[tag.id])
 
 
-def delete_tag(store: LabelStore, project_id: str, tag_id: str) -> None:
-    require_project(store, project_id)
+def delete_tag(ctx: RequestContext, project_id: str, tag_id: str) -> None:
+    ctx.project(project_id)
+    store = ctx.label_store
     if store.delete_tag(project_id, tag_id) is None:
         raise tag_not_found()
