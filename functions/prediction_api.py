@@ -29,13 +29,13 @@ def classify(req: func.HttpRequest, *, store: bool, detect: bool = False) -> fun
     # Imported on first use: ONNX Runtime and the storage SDK would weigh on every cold start.
     from visionpipe.api.adapter import prediction_call, query
     from visionpipe.api.context import RequestContext
-    from visionpipe.api.prediction import classify_request, detect_request
+    from visionpipe.api.prediction import predict_request
 
     def act() -> dict[str, object]:
-        result = (detect_request if detect else classify_request)(
+        result = predict_request(
             RequestContext.for_request(req), req.route_params["projectId"],
-            req.route_params["publishedName"], req.get_body(),
-            req.headers.get("Content-Type"), store=store,
+            req.route_params["publishedName"], detect=detect, store=store,
+            body=req.get_body(), content_type=req.headers.get("Content-Type"),
             application=query(req).string("application", max_length=MAX_APPLICATION) or "")
         return result.to_dict()
 
@@ -46,15 +46,14 @@ def classify_by_url(req: func.HttpRequest, *, store: bool,
                     detect: bool = False) -> func.HttpResponse:
     from visionpipe.api.adapter import json_body, prediction_call, query
     from visionpipe.api.context import RequestContext
-    from visionpipe.api.prediction import classify_url_request, detect_url_request
+    from visionpipe.api.prediction import predict_request
 
     def act() -> dict[str, object]:
         url = json_body(req, required=True).string("url", required=True,
                                                    max_length=MAX_URL_LENGTH)
-        result = (detect_url_request if detect else classify_url_request)(
+        result = predict_request(
             RequestContext.for_request(req), req.route_params["projectId"],
-            req.route_params["publishedName"], url or "",
-            store=store,
+            req.route_params["publishedName"], detect=detect, store=store, url=url or "",
             application=query(req).string("application", max_length=MAX_APPLICATION) or "")
         return result.to_dict()
 

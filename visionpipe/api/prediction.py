@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from visionpipe.api import errors as api_errors
@@ -21,7 +22,9 @@ from visionpipe.rejections import Reason, Rejection
 from visionpipe.serving.core import (
     ModelUnavailable,
     NoPublishedIteration,
+    PreparedImage,
     ServingCore,
+    Session,
     UndecodableImage,
     WrongDomainType,
     get_serving,
@@ -35,32 +38,42 @@ from visionpipe.stores.prediction_store import SOURCE_API, PredictionStore, TagP
 log = logging.getLogger(__name__)
 
 
-def classify_request(
+def predict_request(
     ctx: RequestContext,
     project_id: str,
     published_name: str,
-    body: bytes,
-    content_type: str | None,
     *,
+    detect: bool,
     store: bool,
+    body: bytes = b"",
+    content_type: str | None = None,
+    url: str | None = None,
     application: str = "",
     core: ServingCore | None = None,
 ) -> PredictionResult:
-    """One ``/classify/iterations/{publishedName}/image[/nostore]`` request (key already
-    checked). Raises :class:`~visionpipe.api.errors.ApiError` with Custom Vision's code."""
+    """One ``/{classify|detect}/iterations/{publishedName}/{image|url}[/nostore]`` request (key
+    already checked). The publication is resolved first, so nothing is read or fetched for an
+    unknown project or name; a ``url`` is fetched by the one guarded fetcher (its SSRF refusals,
+    size and time limits, a 400 ``BadRequestImageUrl`` for any failure), else the image is the
+    request body. Raises :class:`~visionpipe.api.errors.ApiError` with Custom Vision's code."""
     core = core or get_serving()
     try:
         publication = core.resolve(project_id, published_name)
     except NoPublishedIteration as e:
         raise api_errors.iteration_not_found() from e
-    try:
-        data = image_from_body(body, content_type)
-    except BadBody as e:
-        raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
-    return classify_image(core, project_id, publication.iteration_id, data,
-                          get_settings().prediction_limits, store=store,
-                          publish_name=published_name, application=application,
-                          storage=ctx.storage)
+    limits = get_settings().prediction_limits
+    if url is not None:
+        from visionpipe.api.url_fetch import fetch_image
+
+        data = fetch_image(url, limits.max_bytes)
+    else:
+        try:
+            data = image_from_body(body, content_type)
+        except BadBody as e:
+            raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
+    run = detect_image if detect else classify_image
+    return run(core, project_id, publication.iteration_id, data, limits, store=store,
+               publish_name=published_name, application=application, storage=ctx.storage)
 
 
 def classify_image(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
@@ -69,6 +82,40 @@ def classify_image(core: ServingCore, project_id: str, iteration_id: str, data: 
     """Validate, classify and (``store``) record one image of an API request: the one path of
     the prediction routes and the training API's quick test, so both refuse the same images
     with the same codes (an undecodable image is a 400, never a 500)."""
+    return _predict(core, project_id, iteration_id, data, limits,
+                    lambda session, checked: PredictionResult.from_classification(
+                        session.classify(checked)),
+                    store=store, publish_name=publish_name, application=application,
+                    storage=storage)
+
+
+def detect_image(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
+                 limits: ImageLimits, *, store: bool, publish_name: str = "",
+                 application: str = "", storage: Storage) -> PredictionResult:
+    """Validate, detect and (``store``) record one image: ``predictions`` are boxes, best first,
+    at most the manifest's ``maxDetections`` (200), no threshold beyond its tiny floor."""
+    def boxes(session: Session, checked: PreparedImage) -> PredictionResult:
+        detection = session.detect(checked)
+        return PredictionResult(
+            id=str(uuid.uuid4()), project_id=project_id, iteration_id=detection.iteration_id,
+            created=datetime.now(UTC),
+            predictions=tuple(
+                TagProbability(box.probability, tag_id, tag_name,
+                               (box.left, box.top, box.width, box.height))
+                for box, tag_id, tag_name in detection.ranked()),
+        )
+
+    return _predict(core, project_id, iteration_id, data, limits, boxes, store=store,
+                    publish_name=publish_name, application=application, storage=storage)
+
+
+def _predict(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
+             limits: ImageLimits, run: Callable[[Session, PreparedImage], PredictionResult], *,
+             store: bool, publish_name: str, application: str,
+             storage: Storage) -> PredictionResult:
+    """What classify and detect share: refuse an empty or invalid image, ``run`` the iteration's
+    session on the one decode validation made, map serving's errors to the service's codes, and
+    keep the picture and the row when ``store``."""
     if not data:
         raise api_errors.image_stream_missing()
     # Validation decodes at the model's scale and hands over the input: one decode per request.
@@ -76,7 +123,7 @@ def classify_image(core: ServingCore, project_id: str, iteration_id: str, data: 
     if isinstance(checked, Rejection):
         raise api_errors.from_rejection(checked)
     try:
-        classification = core.session(project_id, iteration_id).classify(checked)
+        result = run(core.session(project_id, iteration_id), checked)
     except UndecodableImage as e:
         raise api_errors.bad_request("BadRequestImageFormat", f"{e} ({Reason.CORRUPT})") from e
     except WrongDomainType as e:  # before its base class: the caller's mistake, a 400
@@ -84,121 +131,14 @@ def classify_image(core: ServingCore, project_id: str, iteration_id: str, data: 
     except ModelUnavailable as e:
         log.error("prediction %s/%s: %s", project_id, iteration_id, e)
         raise api_errors.model_unavailable(str(e)) from e
-    result = PredictionResult.from_classification(classification)
-    _keep(result, project_id, data, checked.image.format, checked.sha256, store=store,
-          publish_name=publish_name, application=application, storage=storage)
+    if store:  # the picture first, then the row that names it (as the service keeps both)
+        kept = prediction_images.keep(storage, project_id, result.id, data,
+                                      checked.image.format)
+        PredictionStore(storage).record(result.stored(
+            SOURCE_API, publish_name=publish_name, image_sha256=checked.sha256,
+            application=application, blob_path=kept))
     return result
 
 
 def wrong_domain_type(message: str) -> api_errors.ApiError:
     return api_errors.bad_request("BadRequestNotSupported", message)
-
-
-def _keep(result: PredictionResult, project_id: str, data: bytes, fmt: str, sha256: str, *,
-          store: bool, publish_name: str, application: str, storage: Storage) -> None:
-    """The storing routes keep the picture first, then the row that names it."""
-    if store:  # the picture first, then the row that names it (as the service keeps both)
-        kept = prediction_images.keep(storage, project_id, result.id, data, fmt)
-        PredictionStore(storage).record(result.stored(
-            SOURCE_API, publish_name=publish_name, image_sha256=sha256,
-            application=application, blob_path=kept))
-
-
-def classify_url_request(
-    ctx: RequestContext,
-    project_id: str,
-    published_name: str,
-    url: str,
-    *,
-    store: bool,
-    application: str = "",
-    core: ServingCore | None = None,
-) -> PredictionResult:
-    """One ``/classify/iterations/{publishedName}/url[/nostore]`` request (key already checked):
-    the publication is resolved first, so nothing is fetched for an unknown project or name,
-    then the image is fetched by the one guarded fetcher (its SSRF refusals, size and time
-    limits, a 400 ``BadRequestImageUrl`` for any failure) and classified as an uploaded one."""
-    from visionpipe.api.url_fetch import fetch_image
-
-    core = core or get_serving()
-    try:
-        publication = core.resolve(project_id, published_name)
-    except NoPublishedIteration as e:
-        raise api_errors.iteration_not_found() from e
-    limits = get_settings().prediction_limits
-    data = fetch_image(url, limits.max_bytes)
-    return classify_image(core, project_id, publication.iteration_id, data, limits,
-                          store=store, publish_name=published_name, application=application,
-                          storage=ctx.storage)
-
-
-# --- object detection ---------------------------------------------------------------------------
-def detect_image(core: ServingCore, project_id: str, iteration_id: str, data: bytes,
-                 limits: ImageLimits, *, store: bool, publish_name: str = "",
-                 application: str = "", storage: Storage) -> PredictionResult:
-    """Validate, detect and (``store``) record one image: ``predictions`` are boxes, best first,
-    at most the manifest's ``maxDetections`` (200), no threshold beyond its tiny floor."""
-    if not data:
-        raise api_errors.image_stream_missing()
-    checked = core.prepare(project_id, data, limits, iteration_id=iteration_id)
-    if isinstance(checked, Rejection):
-        raise api_errors.from_rejection(checked)
-    try:
-        detection = core.session(project_id, iteration_id).detect(checked)
-    except UndecodableImage as e:
-        raise api_errors.bad_request("BadRequestImageFormat", f"{e} ({Reason.CORRUPT})") from e
-    except WrongDomainType as e:  # before its base class: the caller's mistake, a 400
-        raise wrong_domain_type(str(e)) from e
-    except ModelUnavailable as e:
-        log.error("detection %s/%s: %s", project_id, iteration_id, e)
-        raise api_errors.model_unavailable(str(e)) from e
-    result = PredictionResult(
-        id=str(uuid.uuid4()), project_id=project_id, iteration_id=detection.iteration_id,
-        created=datetime.now(UTC),
-        predictions=tuple(
-            TagProbability(box.probability, tag_id, tag_name,
-                           (box.left, box.top, box.width, box.height))
-            for box, tag_id, tag_name in detection.ranked()),
-    )
-    _keep(result, project_id, data, checked.image.format, checked.sha256, store=store,
-          publish_name=publish_name, application=application, storage=storage)
-    return result
-
-
-def detect_request(ctx: RequestContext, project_id: str, published_name: str, body: bytes,
-                   content_type: str | None, *, store: bool, application: str = "",
-                   core: ServingCore | None = None) -> PredictionResult:
-    """One ``/detect/iterations/{publishedName}/image[/nostore]`` request (key already checked)."""
-    core = core or get_serving()
-    try:
-        publication = core.resolve(project_id, published_name)
-    except NoPublishedIteration as e:
-        raise api_errors.iteration_not_found() from e
-    try:
-        data = image_from_body(body, content_type)
-    except BadBody as e:
-        raise api_errors.bad_request("BadRequestImageStream", str(e)) from e
-    return detect_image(core, project_id, publication.iteration_id, data,
-                        get_settings().prediction_limits, store=store,
-                        publish_name=published_name, application=application,
-                        storage=ctx.storage)
-
-
-def detect_url_request(ctx: RequestContext, project_id: str, published_name: str, url: str, *,
-                       store: bool,
-                       application: str = "", core: ServingCore | None = None
-                       ) -> PredictionResult:
-    """One ``/detect/iterations/{publishedName}/url[/nostore]`` request: resolved first, then
-    fetched by the one guarded fetcher, as :func:`classify_url_request`."""
-    from visionpipe.api.url_fetch import fetch_image
-
-    core = core or get_serving()
-    try:
-        publication = core.resolve(project_id, published_name)
-    except NoPublishedIteration as e:
-        raise api_errors.iteration_not_found() from e
-    limits = get_settings().prediction_limits
-    data = fetch_image(url, limits.max_bytes)
-    return detect_image(core, project_id, publication.iteration_id, data, limits,
-                        store=store, publish_name=published_name, application=application,
-                        storage=ctx.storage)
