@@ -7,6 +7,7 @@ clock wherever the published pointer's max age matters, so nothing here depends 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
@@ -370,6 +371,44 @@ def test_pointer_is_rechecked_at_most_every_max_age_with_its_etag(
     assert swapped.iteration_id == second.id
     assert swapped.ranked()[0][2] == "blue"
     assert core.loaded() == [(project.id, second.id)]  # the old session was retired
+
+
+class SlowRegistry(CountingRegistry):
+    """Each pointer read takes a while, so concurrent requests overlap the refresh."""
+
+    def publications(self, project_id: str, if_none_match: str | None = None):  # type: ignore[override]
+        time.sleep(0.3)
+        return super().publications(project_id, if_none_match=if_none_match)
+
+
+def test_after_this_process_publishes_no_request_sees_the_old_pointer(
+    registry: Registry, label_store: LabelStore, project: Project, clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Publishing in this process, then at once several parallel requests (the demo's CLI
+    predicts with four workers): none may be answered from the pointer the publish just made
+    wrong. On the old code the thread that won the refresh lock saw the new iteration and the
+    others got the stale empty pointer, a 404 ``NotFoundIteration`` right after a publish."""
+    slow = SlowRegistry(registry)
+    core = ServingCore(slow, ServingConfig(intra_op_threads=1, pointer_max_age=60.0), clock)
+    monkeypatch.setattr(serving, "_core", core)
+    with pytest.raises(NoPublishedIteration):
+        core.resolve(project.id, "prod")  # the process caches "nothing published"
+    iteration = register_color_iteration(registry, label_store, project)
+    publish(registry, label_store, project.id, iteration.id, "prod")  # invalidates this core
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(
+            lambda _: _outcome(lambda: core.resolve(project.id, "prod").iteration_id), range(8)))
+    assert outcomes == [iteration.id] * 8
+    assert len(slow.reads) == 2  # the first read, then one refresh that the others waited for
+
+
+def _outcome(call):  # type: ignore[no-untyped-def]
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001 - the test lists every failure
+        return repr(e)
 
 
 def test_hot_swap_while_requests_run(

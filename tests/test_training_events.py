@@ -24,6 +24,7 @@ from visionpipe.pipeline.publishing import (
     OverallMetrics,
     UnknownIteration,
     overall_metrics,
+    publish,
 )
 from visionpipe.settings import get_settings
 from visionpipe.storage import Storage
@@ -124,13 +125,32 @@ def test_auto_publish_never_replaces_with_worse(
 def test_auto_publish_respects_what_a_person_published(
     registry: Registry, label_store: LabelStore, project: Project, auto_publish: None
 ) -> None:
-    from visionpipe.pipeline.publishing import publish
-
     manual = register_color_iteration(registry, label_store, project, metrics=overall(0.9))
     publish(registry, label_store, project.id, manual.id, "prod")
     worse = register_color_iteration(registry, label_store, project, metrics=overall(0.5))
     deliver(message(project.id, worse.id, TRAINING_COMPLETED))
     assert published_ids(registry, project.id) == {"prod": manual.id}
+
+
+def test_auto_publish_keeps_the_name_a_person_gave_before_the_event_arrived(
+    registry: Registry, label_store: LabelStore, project: Project, auto_publish: None
+) -> None:
+    """The worker marks the iteration Completed before its event is handled, so a person can
+    publish it first (``make demo`` does: ``status --watch`` ends, ``publish --name demo``). The
+    late event, or a second delivery of it, must not rename that publication to ``latest``:
+    on the old code the demo's ``predict`` then got 404 for ``demo`` on a slow machine."""
+    from visionpipe.pipeline.publishing import handle_training_event
+
+    iteration = register_color_iteration(registry, label_store, project, metrics=overall(0.7))
+    publish(registry, label_store, project.id, iteration.id, "demo")
+    for _ in range(2):
+        deliver(message(project.id, iteration.id, TRAINING_COMPLETED))
+        assert published_ids(registry, project.id) == {"demo": iteration.id}
+    outcome = handle_training_event(
+        TrainingEvent(project.id, iteration.id, TRAINING_COMPLETED), registry, label_store,
+        AutoPublishConfig(True, "latest"))
+    assert outcome.gate is not None and not outcome.gate.publish
+    assert "already published as 'demo'" in outcome.gate.reason
 
 
 def test_auto_publish_name_is_a_setting(

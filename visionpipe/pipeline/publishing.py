@@ -210,6 +210,9 @@ def auto_publish_decision(registry: Registry, iteration: Iteration,
                           publish_name: str) -> GateDecision:
     """Whether ``iteration`` may be auto-published under ``publish_name`` (see module doc)."""
     pubs = registry.current_publications(iteration.project_id)
+    mine = pubs.for_iteration(iteration.id)
+    if mine is not None:  # a person (or an earlier delivery) published it: keep that name
+        return GateDecision(False, f"it is already published as {mine.publish_name!r}")
     incumbents = {p.iteration_id for p in (pubs.by_name.get(publish_name), pubs.latest) if p}
     incumbents.discard(iteration.id)
     if not incumbents:

@@ -458,6 +458,11 @@ class _Pointer:
     publications: Publications
     checked_at: float
 
+    @property
+    def invalidated(self) -> bool:
+        """Marked by :meth:`ServingCore.invalidate`: no request may be answered from it."""
+        return self.checked_at == float("-inf")
+
 
 class ServingCore:
     """Published pointers and model sessions of one process (see the module docstring)."""
@@ -516,10 +521,10 @@ class ServingCore:
             return current.publications
         with self._lock:
             lock = self._pointer_locks.setdefault(project_id, threading.Lock())
-        if current is not None:
+        if current is not None and not current.invalidated:
             if not lock.acquire(blocking=False):
                 return current.publications  # someone else is refreshing it
-        else:
+        else:  # the first read, or this process changed the pointer: what it has is known wrong
             lock.acquire()
         try:
             current = self._pointers.get(project_id)
