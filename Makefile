@@ -39,11 +39,14 @@ down:  ## stop the local stack
 demo: up  ## drop a generated sample set and show what the pipeline made of it
 	$(PY) -m visionpipe.local.demo
 
-test: setup  ## the whole suite; starts and stops its own Azurite
-	$(PY) -m pytest
+# Two pytest workers, a test file each at a time: most tests wait on Azurite, HTTP or a training
+# subprocess, so two of them share CI's 2 cores well (the suite took 12+ min serially).
+TEST_WORKERS ?= 2
+test: setup  ## the whole suite in TEST_WORKERS processes; each starts and stops its own Azurite
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup  ## the suite without the tests marked slow (training, the whole stack)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: setup  ## benchmarks; each prints a JSON line last
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -18,6 +18,7 @@ from functions.predict import bp as predict_bp
 from functions.prediction_api import bp as prediction_api_bp
 from functions.prediction_images_api import bp as prediction_images_api_bp
 from functions.prediction_store_api import bp as prediction_store_api_bp
+from functions.project_copy_api import bp as project_copy_api_bp
 from functions.projects_api import bp as projects_api_bp
 from functions.publish_api import bp as publish_api_bp
 from functions.quicktest_api import bp as quicktest_api_bp
@@ -51,6 +52,7 @@ app.register_functions(regions_api_bp)
 app.register_functions(visionpipe_api_bp)
 app.register_functions(training_control_api_bp)
 app.register_functions(portal_bp)
+app.register_functions(project_copy_api_bp)
 # Last: the catch-all for /customvision/ requests no route above took (404/405, Custom Vision's
 # shape); a catch-all has the lowest precedence in the host's routing anyway.
 app.register_functions(fallback_api_bp)

@@ -60,12 +60,13 @@ def _threshold(req: func.HttpRequest) -> float:
 @bp.function_name("iteration_performance")
 @bp.route(route=PERFORMANCE_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def iteration_performance(req: func.HttpRequest) -> func.HttpResponse:
-    from visionpipe.api.adapter import training_call
+    from visionpipe.api.adapter import query, training_call
     from visionpipe.api.iterations import IterationApi
 
-    # overlapThreshold only means something for object detection; accepted and ignored.
+    # overlapThreshold only means something for object detection (a classifier ignores it)
     return training_call(req, lambda: IterationApi.for_request(req).performance(
-        *_ids(req), threshold=_threshold(req)))
+        *_ids(req), threshold=_threshold(req),
+        overlap_threshold=query(req).number("overlapThreshold", 0.5, 0.0, 1.0)))
 
 
 def _int(req: func.HttpRequest, name: str, default: int) -> int:

@@ -461,3 +461,18 @@ def test_one_call_per_file() -> None:
         parse_class_names(yolo, b"")
     with pytest.raises(ValueError):
         parse_image_annotation(classes, b"", image_name="x", image_size=None)
+
+
+def test_regions_and_detector_boxes_share_one_box_shape() -> None:
+    """An annotation's region and a detector's answer are the same Custom Vision box
+    (visionpipe.boxes): one ``bounding_box`` shape, one ``corners``."""
+    from visionpipe.boxes import NormalizedBox
+    from visionpipe.detection_decode import BoxPrediction
+
+    region = Region("dog", 0.1, 0.2, 0.3, 0.4)
+    answer = BoxPrediction(0, 0.9, 0.1, 0.2, 0.3, 0.4)
+    assert isinstance(region, NormalizedBox) and isinstance(answer, NormalizedBox)
+    assert region.bounding_box() == answer.bounding_box() == {
+        "left": 0.1, "top": 0.2, "width": 0.3, "height": 0.4}
+    assert region.corners == pytest.approx((0.1, 0.2, 0.4, 0.6))
+    assert answer.corners == region.corners

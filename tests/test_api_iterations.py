@@ -89,7 +89,8 @@ def test_list_and_get_in_custom_vision_shape(client: httpx.Client, registry: Reg
     assert got == body[0]
     assert got["status"] == "Completed" and got["projectId"] == project.id
     assert got["publishName"] == "prod" and got["originalPublishResourceId"] == "/subs/x"
-    assert got["exportable"] is True and got["exportableTo"] == ["ONNX", "OpenVino", "DockerFile"]
+    assert got["exportable"] is True and got["exportableTo"] == ["ONNX", "OpenVino", "DockerFile",
+                                                             "TensorFlow", "CoreML"]
     assert got["classificationType"] == "Multiclass" and got["trainingType"] == "Regular"
     assert got["created"].endswith("Z") and got["trainedAt"].endswith("Z")
     assert body[1]["publishName"] == ""
@@ -206,7 +207,7 @@ def test_export_onnx_and_download_with_signed_link(client: httpx.Client, registr
     other = register_color_iteration(registry, label_store, project)
     assert httpx.get(export["downloadUri"].replace(it.id, other.id)).status_code == 401
 
-    r = client.post(url, params={"platform": "CoreML"})
+    r = client.post(url, params={"platform": "VAIDK"})
     assert (r.status_code, r.json()["code"]) == (400, "BadRequestProjectUnsupportedExportPlatform")
 
 

@@ -13,9 +13,9 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
+from tests.cli_runner import cli_env, invoke, runner  # noqa: F401 - cli_env: a fixture
+from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
 from visionpipe import names
 from visionpipe.client.cli import app
@@ -26,7 +26,6 @@ from visionpipe.stores.label_store import LabelStore
 from visionpipe.stores.quarantine import quarantine_blob
 from visionpipe.stores.registry import IterationStatus, Registry
 
-runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 PER_TAG = [{"id": "x", "name": n, "precision": 0.9, "recall": 0.8, "averagePrecision": 0.85}
            for n in ("red", "green", "blue")]
@@ -34,19 +33,7 @@ METRICS = {"overall": {"precision": 0.9, "recall": 0.8, "averagePrecision": 0.85
            "perTag": PER_TAG}
 
 
-@pytest.fixture(autouse=True)
-def cli_env(local_host: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("VISIONPIPE_ENDPOINT", local_host)
-    monkeypatch.setenv("VISIONPIPE_TRAINING_KEY", TEST_TRAINING_KEY)
-    monkeypatch.setenv("VISIONPIPE_PREDICTION_KEY", TEST_PREDICTION_KEY)
-    monkeypatch.setenv("COLUMNS", "200")
-    return local_host
-
-
-def invoke(*args: str, code: int = 0) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (result.output, result.exception)
-    return result.output
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def tag_folders(root: Path, per_tag: int = 3) -> Path:
@@ -222,3 +209,25 @@ def test_extension_route_binding_metadata() -> None:
         "visionpipe/v1/projects/{projectId}/iterations/{iterationId}/progress",
         "visionpipe/v1/projects/{projectId}/iterations/{iterationId}/artifacts/{name}",
     }
+
+
+def test_export_parity_line_speaks_in_the_records_terms() -> None:
+    """A detector's record is boxes, CoreML's claims nothing it did not run: neither may print
+    "top-1 agreement 0%" (the old line read every record as a classification one)."""
+    from visionpipe.client.cli import parity_line
+
+    boxes = parity_line({"kind": "detection", "images": 8, "runtime": "OpenVINO CPU",
+                         "detectionsMatched": 248, "tiesSkipped": 3, "minIoU": 0.99999,
+                         "maxScoreDiff": 1.2e-7, "passed": True})
+    assert "248 boxes matched" in boxes and "min IoU 1.0000" in boxes and "top-1" not in boxes
+    coreml = parity_line({"images": 8, "passed": None, "runtime": "Core ML runs on Apple only",
+                          "verifiedBy": "verify_coreml.py",
+                          "intermediate": {"images": 8, "runtime": "torch", "passed": True,
+                                           "top1Agreement": 1.0, "maxAbsProbDiff": 2.1e-6,
+                                           "tolerance": 1e-3}})
+    assert coreml.startswith("parity not measured here: Core ML runs on Apple only")
+    assert "verify_coreml.py" in coreml and "top-1 agreement 100%" in coreml
+    assert "2.10e-06" in coreml
+    plain = parity_line({"images": 24, "runtime": "onnxruntime", "top1Agreement": 1.0,
+                         "maxAbsProbDiff": 3e-5, "tolerance": 1e-4, "passed": True})
+    assert "top-1 agreement 100%" in plain and "3.00e-05 <= tolerance 0.0001" in plain

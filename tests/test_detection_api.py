@@ -243,13 +243,139 @@ def test_detection_domains_are_listed_and_projects_keep_their_type(
         trainer.delete_project(created.id)
 
 
-def test_training_a_detection_project_is_refused_until_the_job_trains_detectors(
-        trainer: CustomVisionTrainingClient, detection_project: Project) -> None:
-    """The training job trains classifiers only (detection dispatch is not wired): a detection
-    project must not silently get a classifier."""
+def _boxed_images(label_store: LabelStore, project: Project, tag_id: str, n: int,
+                  first: int = 0) -> None:
+    """``n`` training images (rows with a blob path) carrying one box of ``tag_id`` each."""
+    for seed in range(first, first + n):
+        sha = hashlib.sha256(f"{project.id}-{tag_id}-{seed}".encode()).hexdigest()
+        label_store.create_image(project, (), ImageFacts(sha, 640, 480, "JPEG", 1000),
+                                 f"{project.name}/boxes/{seed}.jpg", regions=(
+                                     ImageRegion(str(uuid.uuid4()), tag_id, 0.1, 0.1, 0.3, 0.3),))
+
+
+def test_training_a_detection_project_needs_fifteen_boxed_images_per_tag(
+        trainer: CustomVisionTrainingClient, label_store: LabelStore,
+        detection_project: Project) -> None:
+    """Custom Vision's detection minimum: 15 images with a box of each tag (a tag set on an image
+    without a box does not count), refused before anything is queued."""
+    cat = label_store.get_or_create_tag(detection_project.id, "cat")
+    dog = label_store.get_or_create_tag(detection_project.id, "dog")
+    _boxed_images(label_store, detection_project, cat.id, 15)
+    _boxed_images(label_store, detection_project, dog.id, 14)
+    for seed in range(3):  # tagged dog, but no box: not a detection training image
+        sha = hashlib.sha256(f"{detection_project.id}-plain-{seed}".encode()).hexdigest()
+        label_store.create_image(detection_project, (dog.id,),
+                                 ImageFacts(sha, 640, 480, "JPEG", 1000),
+                                 f"{detection_project.name}/dog/{seed}.jpg")
     with pytest.raises(CustomVisionErrorException) as raised:
         trainer.train_project(detection_project.id)
     assert raised.value.error.code == "BadRequestDetectionTrainingValidationFailed"
+    assert "at least 15 images" in raised.value.error.message
+    assert "'dog' (14)" in raised.value.error.message
+    assert trainer.get_iterations(detection_project.id) == []
+
+
+# --- performance of a detector --------------------------------------------------------------------
+#: metrics.json of a detection iteration as the training job stores it: per test image the true
+#: boxes [tag index, left, top, width, height] and the served ones [tag index, probability, ...].
+#: Image A: a cat found exactly, a dog that is not there; image B: a dog found at IoU 0.777.
+DETECTIONS_DOC = {"samples": [
+    {"imageId": "a", "sha256": "a" * 64, "regions": [[0, 0.1, 0.1, 0.2, 0.2]],
+     "predictions": [[0, 0.9, 0.1, 0.1, 0.2, 0.2], [1, 0.6, 0.5, 0.5, 0.2, 0.2]]},
+    {"imageId": "b", "sha256": "b" * 64, "regions": [[1, 0.5, 0.5, 0.4, 0.4]],
+     "predictions": [[1, 0.8, 0.55, 0.5, 0.4, 0.4]]},
+]}
+
+
+@pytest.fixture
+def scored_detector(registry: Registry, label_store: LabelStore,
+                    detection_project: Project) -> Iteration:
+    iteration = register_detection_iteration(registry, label_store, detection_project,
+                                             build_fixed_detector())
+    tags = {t.name: t.id for t in label_store.list_tags(detection_project.id)}
+    doc = {"trainImages": 30, "validationImages": 3, "split": "test",
+           "detections": {"tagIds": [tags["cat"], tags["dog"]], "tagNames": ["cat", "dog"],
+                          **DETECTIONS_DOC}}
+    registry.upload_artifact(detection_project.id, iteration.id, "metrics.json",
+                             json.dumps(doc).encode(), "application/json")
+    return iteration
+
+
+@pytest.mark.parametrize(("threshold", "overlap", "expected"), [
+    # (precision, recall, mAP), per tag {name: (precision, recall, AP)}
+    (0.5, 0.5, ((2 / 3, 1.0, 1.0), {"cat": (1.0, 1.0, 1.0), "dog": (0.5, 1.0, 1.0)})),
+    (0.5, 0.9, ((1 / 3, 0.5, 0.5), {"cat": (1.0, 1.0, 1.0), "dog": (0.0, 0.0, 0.0)})),
+    (0.85, 0.5, ((1.0, 0.5, 1.0), {"cat": (1.0, 1.0, 1.0), "dog": (0.0, 0.0, 1.0)})),
+    (0.95, 0.3, ((0.0, 0.0, 1.0), {"cat": (0.0, 0.0, 1.0), "dog": (0.0, 0.0, 1.0)})),
+])
+def test_detection_performance_at_threshold_and_overlap(
+        trainer: CustomVisionTrainingClient, detection_project: Project,
+        scored_detector: Iteration, threshold: float, overlap: float,
+        expected: tuple[tuple[float, float, float], dict[str, tuple[float, float, float]]]
+) -> None:
+    """Recomputed at request time from the stored boxes: precision/recall of the boxes at or
+    above ``threshold``, a box right when IoU >= ``overlapThreshold`` with a true box of its tag,
+    AP per tag at that IoU (threshold-free) and their mean as ``averagePrecision``."""
+    perf = trainer.get_iteration_performance(detection_project.id, scored_detector.id,
+                                             threshold=threshold, overlap_threshold=overlap)
+    (precision, recall, mean_ap), per_tag = expected
+    assert (perf.precision, perf.recall, perf.average_precision) == pytest.approx(
+        (precision, recall, mean_ap))
+    got = {t.name: (t.precision, t.recall, t.average_precision) for t in perf.per_tag_performance}
+    assert set(got) == set(per_tag)
+    for name, figures in per_tag.items():
+        assert got[name] == pytest.approx(figures), name
+
+
+@pytest.mark.parametrize("query", ["overlapThreshold=abc", "overlapThreshold=-0.1",
+                                   "overlapThreshold=1.5", "overlapThreshold=nan",
+                                   "threshold=2&overlapThreshold=0.5",
+                                   "overlapThreshold=" + "9" * 5000])
+def test_detection_performance_refuses_bad_thresholds(
+        local_host: str, detection_project: Project, scored_detector: Iteration,
+        query: str) -> None:
+    answer = httpx.get(f"{local_host}/customvision/v3.3/training/projects/"
+                       f"{detection_project.id}/iterations/{scored_detector.id}/performance?"
+                       f"{query}", headers=TRAINING, timeout=30)
+    assert answer.status_code in (400, 414), answer.text
+    if answer.status_code == 400:
+        assert set(answer.json()) >= {"code", "message"}
+
+
+def test_detection_image_performances_carry_true_and_predicted_boxes(
+        trainer: CustomVisionTrainingClient, label_store: LabelStore,
+        detection_project: Project, scored_detector: Iteration) -> None:
+    images = {i.id: i for i in trainer.get_image_performances(detection_project.id,
+                                                              scored_detector.id)}
+    assert set(images) == {"a", "b"}
+    assert trainer.get_image_performance_count(detection_project.id, scored_detector.id) == 2
+    a = images["a"]
+    assert [(r.tag_name, r.left, r.top, r.width, r.height) for r in a.regions] == [
+        ("cat", 0.1, 0.1, 0.2, 0.2)]
+    assert [(p.tag_name, p.probability, p.bounding_box.left) for p in a.predictions] == [
+        ("cat", 0.9, 0.1), ("dog", 0.6, 0.5)]
+    dog = next(t.id for t in label_store.list_tags(detection_project.id) if t.name == "dog")
+    only_dogs = trainer.get_image_performances(detection_project.id, scored_detector.id,
+                                               tag_ids=[dog])
+    assert [i.id for i in only_dogs] == ["b"]
+
+
+def test_quick_test_on_a_detector_answers_boxes(
+        trainer: CustomVisionTrainingClient, detection_project: Project,
+        published_detector: Iteration, picture_server: PictureServer,
+        app_setting: Callable[[str, str | None], None]) -> None:
+    """Quick test of a detection iteration answers what ``detect_image`` answers (it used to
+    refuse: the classify path cannot run a detector)."""
+    app_setting(names.SETTING_URL_FETCH_ALLOWED_NETWORKS, "127.0.0.0/8")
+    picture = color_image("red", size=(400, 300), seed=6)
+    quick = trainer.quick_test_image(detection_project.id, picture,
+                                     iteration_id=published_detector.id)
+    assert _boxes(quick) == EXPECTED and quick.iteration == published_detector.id
+    by_url = trainer.quick_test_image_url(detection_project.id, url=picture_server.url(),
+                                          iteration_id=published_detector.id, store=False)
+    assert _boxes(by_url) == EXPECTED
+    default = trainer.quick_test_image(detection_project.id, picture, store=False)
+    assert _boxes(default) == EXPECTED  # no iteration id: the published one
 
 
 # --- regions -------------------------------------------------------------------------------------

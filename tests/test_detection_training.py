@@ -1,15 +1,14 @@
 """Object detection training, export and serving-side decoding (issue 12).
 
 Fast tests check the pure parts (box conversions, the flip, the split, the output reader, the
-exported graph's interface); the slow one trains the real detector from a random init on
-synthetic scenes (tests/detection_samples.py), exports it, runs it in ONNX Runtime, checks parity
-with torch and that most held-back pictures' best box is right.
+exported graph's interface) and run the real loop for a few steps (checkpoint and resume, the
+command line). Training a detector that finds the objects on held-back scenes is
+tests/test_sdk_detection_quickstart.py's business: the same code through the training job, once.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from training_job.detection_export import (
     ExportError,
     check_parity,
     compare,
+    compare_all,
     export_detector,
     manifest_fields,
     onnx_session,
@@ -38,10 +38,8 @@ from training_job.detection_train import (
     DetectionDataset,
     DetectionSample,
     DetectionTrainConfig,
-    evaluate_detector,
     fit,
     hflip,
-    predict,
     regions_to_xyxy,
     split_samples,
     xyxy_to_ltwh,
@@ -53,7 +51,6 @@ from visionpipe.detection_decode import (
     read_detections,
     to_detection_input,
 )
-from visionpipe.detection_metrics import iou
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +232,30 @@ def test_parity_compare_tolerates_ties_and_floor_but_not_drift():
         compare((b, s, lab), (b, s - np.float32(0.01), lab), 0.01)
     with pytest.raises(ExportError):
         compare((b, s, lab), (b[:1], s[:1], lab[:1]), 0.01)
+    # weak boxes of near-tied proposals may differ between runtimes; strong ones may not
+    weak = (np.vstack([b, [[0.6, 0.0, 0.1, 0.1]]]), np.append(s, 0.099), np.append(lab, 0))
+    other_weak = (np.vstack([b, [[0.0, 0.6, 0.1, 0.1]]]), np.append(s, 0.101), np.append(lab, 0))
+    compare(weak, other_weak, 0.01)
+    strong = (np.vstack([b, [[0.6, 0.0, 0.1, 0.1]]]), np.append(s, 0.6), np.append(lab, 0))
+    with pytest.raises(ExportError):
+        compare(strong, other_weak, 0.01)
+    with pytest.raises(ExportError):  # either side's strong box needs its counterpart
+        compare(other_weak, strong, 0.01)
+    edge = (np.vstack([b, [[0.6, 0.0, 0.1, 0.1]]]), np.append(s, 0.4995), np.append(lab, 0))
+    compare(edge, (edge[0], np.append(s, 0.5004), edge[2]), 0.01)  # either side of the cut
+
+
+def test_parity_tolerates_a_flipped_proposal_on_few_pictures_only():
+    b = np.array([[0.1, 0.1, 0.2, 0.2]], dtype=np.float32)
+    good = (b, np.array([0.9], np.float32), np.array([0]))
+    flipped = (b + np.float32(0.3), good[1], good[2])  # a strong box elsewhere: disagreement
+    report = compare_all([(good, good)] * 9 + [(good, flipped)], 0.01)
+    assert report.pictures == 10 and report.disagreeing == 1 and report.min_iou == 1.0
+    assert compare_all([(good, flipped)], 0.01).disagreeing == 1  # one is always allowed
+    with pytest.raises(ExportError, match="disagree on 2 of 10"):
+        compare_all([(good, good)] * 8 + [(good, flipped)] * 2, 0.01)
+    with pytest.raises(ExportError):
+        compare_all([(good, flipped)] * 20 + [(good, good)] * 20, 0.01)
 
 
 def test_exported_graph_interface(tmp_path):
@@ -263,78 +284,9 @@ def test_exported_graph_interface(tmp_path):
     assert parity.detections == len(boxes) and parity.min_iou >= 0.99
 
 
-# --- slow: train from scratch, export, serve ---------------------------------------------------
-SIZE = 128  # scene and input size: ~2 minutes of training on one quiet CPU thread
-
-
-def best_box_hit_rate(samples: list[DetectionSample], detections_by_image: dict[str, list]
-                      ) -> float:
-    """Share of pictures whose best detection has the right tag and IoU >= 0.5 with a true box."""
-    hits = 0
-    for i, sample in enumerate(samples):
-        found = detections_by_image.get(str(i), [])
-        if not found:
-            continue
-        best = max(found, key=lambda d: d.probability)
-        hits += any(r.tag == best.tag and iou((r.left, r.top, r.width, r.height),
-                                              (best.left, best.top, best.width, best.height))
-                    >= 0.5 for r in sample.regions)
-    return hits / len(samples)
-
-
-@pytest.mark.slow
-def test_detector_trains_exports_and_serves(tmp_path: Path):
-    torch.manual_seed(0)
-    train = [DetectionSample(d, r) for d, r in scenes(64, seed=1, size=SIZE)]
-    held = [DetectionSample(d, r) for d, r in scenes(32, seed=2, size=SIZE)]
-    val, test = held[:16], held[16:]  # 8 validation pictures made a noisy choice of best epoch
-    # a lighter box head and RoI budget than the domains' (measured: ~0.25 s instead of ~0.4 s a
-    # step at 128 px, where RoIAlign's backward dominates), same code path
-    spec = replace(DetectorSpec().scaled(SIZE), box_head_size=256, roi_samples_train=32,
-                   rpn_proposals_train=100)
-    built = build_detector(spec, len(TAGS), pretrained=False)
-    prep = DetectionPreprocessing(input_size=SIZE)
-    config = DetectionTrainConfig(epochs=22, patience=22, batch_size=4, lr=1e-3)
-    epochs_seen: list[int] = []
-    started = time.perf_counter()
-    model, fitted = fit(built, DetectionDataset(train, TAGS, prep, train=True),
-                        DetectionDataset(val, TAGS, prep), config,
-                        on_epoch=lambda r: epochs_seen.append(r.epoch),
-                        checkpoint_path=tmp_path / "checkpoint.pth")
-    train_seconds = time.perf_counter() - started
-    assert epochs_seen == list(range(1, len(fitted.history) + 1))
-    saved = torch.load(tmp_path / "checkpoint.pth", weights_only=False)
-    assert {"model", "optimizer", "lr_scheduler", "epoch", "args", "spec", "tags"} <= set(saved)
-
-    path = tmp_path / "model.onnx"
-    export_detector(model, spec, prep, path)
-    session = onnx_session(path.read_bytes())
-    test_set = DetectionDataset(test, TAGS, prep)
-    inputs = [test_set.input(i)[None].numpy() for i in range(len(test))]
-    # a blank picture too: a graph traced with the wrong branches fails on one kind or the other
-    blank = np.zeros(prep.input_shape, np.float32)
-    parity = check_parity(session, model, spec, [*inputs, blank])
-    assert parity.min_iou >= 0.99 and parity.max_score_diff <= 1e-3
-
-    from visionpipe.detection_metrics import Detection
-
-    served: dict[str, list] = {}
-    for i, x in enumerate(inputs):
-        for p in read_detections(*run_onnx(session, x), num_tags=len(TAGS)):
-            served.setdefault(str(i), []).append(
-                Detection(str(i), TAGS[p.tag_index], p.probability, p.left, p.top, p.width,
-                          p.height))
-    hit_rate = best_box_hit_rate(test, served)
-    report = evaluate_detector(model, test_set)
-    torch_dets = predict(model, test_set)
-    assert len(torch_dets) == sum(len(v) for v in served.values())
-    log.warning("detector: %.1fs training (%d epochs, best %d), held-back hit rate %.2f, "
-                "mAP@0.5 %.3f, parity IoU %.5f score %.1e", train_seconds, len(fitted.history),
-                fitted.best_epoch, hit_rate, report.mean_average_precision or 0.0,
-                parity.min_iou, parity.max_score_diff)
-    assert hit_rate >= 0.5, f"only {hit_rate:.0%} of held-back best boxes are right"
-
-
+# --- tiny: a few steps of the real loop -------------------------------------------------------
+# Training to a useful detector, export, parity and serving are proven end to end (the training
+# job's queue, the SDK, the prediction routes) by tests/test_sdk_detection_quickstart.py.
 def _tiny_setup(n: int = 4):
     spec = replace(DetectorSpec().scaled(64), box_head_size=32, roi_samples_train=16,
                    rpn_proposals_train=30, rpn_proposals_test=20)
@@ -382,10 +334,11 @@ def test_command_line_trains_from_a_pascal_voc_folder(tmp_path):
     out = tmp_path / "out"
     args = get_args_parser().parse_args(
         ["--data", str(data), "--output", str(out), "--input-size", "64", "--epochs", "1",
-         "--batch-size", "4", "--no-pretrained", "--threads", "1"])
+         "--box-head-size", "64", "--batch-size", "4", "--no-pretrained", "--threads", "1"])
     assert main(args) == 0
     summary = json.loads((out / "training.json").read_text())
     assert summary["tags"] == ["circle", "square"] and summary["parity"]["min_iou"] >= 0.99
+    assert summary["spec"]["box_head_size"] == 64 and summary["spec"]["input_size"] == 64
     assert (out / "model.onnx").is_file() and (out / "checkpoint.pth").is_file()
 
 

@@ -178,7 +178,7 @@ def test_export_is_asynchronous_and_done_with_a_signed_zip(
     assert not [m for m in requests.peek_messages(max_messages=32)
                 if f'"{it.id}"' in m.content.decode()]
     got = client.get(f"/projects/{project.id}/iterations/{it.id}").json()
-    assert got["exportableTo"] == ["ONNX", "OpenVino", "DockerFile"]
+    assert got["exportableTo"] == ["ONNX", "OpenVino", "DockerFile", "TensorFlow", "CoreML"]
 
 
 def test_a_conversion_that_cannot_be_done_is_failed_with_its_reason(
@@ -198,8 +198,9 @@ def test_a_conversion_that_cannot_be_done_is_failed_with_its_reason(
 
 
 @pytest.mark.parametrize(("platform", "flavor", "code"), [
-    ("TensorFlow", "TensorFlowLite", "BadRequestProjectUnsupportedExportPlatform"),
-    ("CoreML", "", "BadRequestProjectUnsupportedExportPlatform"),
+    ("VAIDK", "", "BadRequestProjectUnsupportedExportPlatform"),
+    ("TensorFlow", "SavedModel", "BadRequestExportValidationFailed"),
+    ("CoreML", "ONNX12", "BadRequestExportValidationFailed"),
     ("Nope", "", "BadRequestProjectUnsupportedExportPlatform"),
     ("ONNX", "ONNX9", "BadRequestExportValidationFailed"),
     ("DockerFile", "Windows", "BadRequestExportValidationFailed"),

@@ -10,7 +10,12 @@ import pytest
 from tests.drops import typed, upload
 from visionpipe import names
 from visionpipe.local.samples import make_image
-from visionpipe.pipeline.ingest import Outcome, ingest_training_blob, parse_training_path
+from visionpipe.pipeline.ingest import (
+    Outcome,
+    ingest_training_blob,
+    parse_detection_path,
+    parse_training_path,
+)
 from visionpipe.rejections import Reason, Rejected
 from visionpipe.settings import Settings, get_settings
 from visionpipe.storage import Storage
@@ -174,3 +179,41 @@ def test_badly_named_blobs_are_quarantined_not_crashed_on(
     assert drop(storage, full, make_image("circle", 8)) == [Outcome.QUARANTINED]
     assert reason_of(storage, full)["reason"] == Reason.BAD_PATH
     assert not exists(storage, names.TRAINING_IMAGES, full)
+
+
+# --- object detection projects (tests/test_detection_drop.py has the pairing) ------------------
+@pytest.mark.parametrize(("path", "folders"), [
+    ("p/a.jpg", ""), ("p/train/a.jpg", "train"), ("p/2024/batch 1/a.xml", "2024/batch 1")])
+def test_detection_paths_take_any_folder_depth(path: str, folders: str) -> None:
+    parsed = parse_detection_path(path)
+    assert (parsed.project, parsed.tag, parsed.name) == ("p", folders, path.rsplit("/", 1)[1])
+
+
+@pytest.mark.parametrize("path", ["a.jpg", "p/x.jpg.reason.json", "p/../q/a.jpg", " p/a.jpg"])
+def test_detection_paths_refuse_what_the_drop_folder_refuses(path: str) -> None:
+    with pytest.raises(Rejected) as e:
+        parse_detection_path(path)
+    assert e.value.rejection.reason == Reason.BAD_PATH
+
+
+def test_a_detection_image_is_recorded_untagged_not_tagged_by_its_folder(
+    storage: Storage, label_store: LabelStore, project_name: str
+) -> None:
+    from visionpipe.domains import GENERAL_DETECTION_DOMAIN_ID
+
+    project = label_store.create_project(project_name, domain_id=GENERAL_DETECTION_DOMAIN_ID)
+    assert drop(storage, f"{project_name}/cat/a.jpg", make_image("circle", seed=31)) == [
+        Outcome.LABELLED]
+    (image,) = label_store.list_images(project.id)
+    assert image.tag_ids == () and label_store.list_tags(project.id) == []
+
+
+def test_a_box_file_in_a_classification_project_is_quarantined_unread(
+    storage: Storage, label_store: LabelStore, project_name: str
+) -> None:
+    label_store.create_project(project_name)
+    assert drop(storage, f"{project_name}/cat/a.txt", b"0 0.5 0.5 0.1 0.1\n", times=2) == [
+        Outcome.QUARANTINED, Outcome.GONE]
+    record = reason_of(storage, f"{project_name}/cat/a.txt")
+    assert record["reason"] == "unsupported_format"
+    assert "object detection project" in str(record["message"])

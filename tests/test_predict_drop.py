@@ -7,9 +7,11 @@ tests go through the Event Grid bridge and the local Functions host.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -21,10 +23,16 @@ from tests.model_factory import color_image
 from visionpipe import names
 from visionpipe.local.bridge import EventGridBridge
 from visionpipe.manifest import MODEL_FILE
-from visionpipe.pipeline.drop_predict import DropFolderPredictor, DropOutcome, drop_prediction_id
+from visionpipe.pipeline.drop_predict import (
+    DropFolderPredictor,
+    DropOutcome,
+    annotated_path,
+    draw_boxes,
+    drop_prediction_id,
+)
 from visionpipe.settings import ImageLimits, get_settings
 from visionpipe.storage import Storage
-from visionpipe.stores.label_store import Project
+from visionpipe.stores.label_store import LabelStore, Project
 from visionpipe.stores.prediction_store import PredictionStore
 from visionpipe.stores.quarantine import REASON_SUFFIX
 from visionpipe.stores.registry import Iteration, Registry
@@ -244,3 +252,103 @@ def test_pixels_that_do_not_decode_are_answered_as_corrupt(
     raw = upload(storage, names.PREDICT_IMAGES, path, whole[: len(whole) // 2])
     predict_image.build().get_user_function()(grid_event(raw))
     _assert_rejected(storage, path, "corrupt", project.id)
+
+
+# --- object detection projects --------------------------------------------------------------
+@pytest.fixture
+def detector(registry: Registry, label_store: LabelStore) -> tuple[Project, Iteration]:
+    """A detection project whose published iteration answers fixed boxes
+    (tests/test_detection_api.py: ``FIXED_*``, one of them under the service's floor)."""
+    from tests.test_detection_api import build_fixed_detector, register_detection_iteration
+    from visionpipe.domains import GENERAL_DETECTION_DOMAIN_ID
+    from visionpipe.pipeline.publishing import publish
+
+    project = label_store.create_project(f"pd-{uuid.uuid4().hex[:10]}",
+                                         domain_id=GENERAL_DETECTION_DOMAIN_ID)
+    iteration = register_detection_iteration(registry, label_store, project,
+                                             build_fixed_detector())
+    publish(registry, label_store, project.id, iteration.id, "prod")
+    return project, iteration
+
+
+def _predict_detection(storage: Storage, project: Project, path: str, data: bytes
+                       ) -> tuple[dict[str, object], object]:
+    event = typed(upload(storage, names.PREDICT_IMAGES, path, data), names.PREDICT_IMAGES)
+    outcome = DropFolderPredictor(storage, get_settings()).handle(event)
+    assert outcome.outcome == DropOutcome.PREDICTED, outcome
+    result = read_result(storage, path)
+    assert result is not None
+    return result, outcome
+
+
+def test_a_detection_project_answers_boxes_in_custom_vision_shape(
+        storage: Storage, detector: tuple[Project, Iteration]) -> None:
+    from tests.test_detection_api import FIXED_BOXES, FIXED_LABELS, FIXED_SCORES, TAGS
+
+    project, iteration = detector
+    path = f"{project.name}/shelf/a.jpg"
+    result, _ = _predict_detection(storage, project, path, color_image("red", seed=4))
+    assert result["iteration"] == iteration.id
+    predictions = result["predictions"]
+    assert isinstance(predictions, list)
+    kept = [i for i, s in enumerate(FIXED_SCORES) if s >= 0.01]  # the floor drops the rest
+    assert len(predictions) == len(kept)
+    assert [p["probability"] for p in predictions] == sorted(
+        (pytest.approx(FIXED_SCORES[i]) for i in kept), key=lambda a: -a.expected)
+    for p in predictions:
+        assert set(p) == {"probability", "tagId", "tagName", "boundingBox"}
+        i = next(i for i in kept if abs(FIXED_SCORES[i] - p["probability"]) < 1e-6)
+        assert p["tagName"] == TAGS[FIXED_LABELS[i]]
+        assert p["boundingBox"] == pytest.approx(dict(zip(
+            ("left", "top", "width", "height"), FIXED_BOXES[i], strict=True)))
+    # no picture unless the setting asks for one
+    assert not storage.container(names.PREDICTIONS).get_blob_client(
+        annotated_path(path)).exists()
+
+
+def test_annotated_picture_beside_the_json_when_the_setting_asks(
+        storage: Storage, detector: tuple[Project, Iteration],
+        app_setting: Callable[[str, str | None], None]) -> None:
+    from PIL import Image
+
+    from tests.test_detection_api import FIXED_BOXES, FIXED_SCORES
+
+    app_setting(names.SETTING_DROP_PREDICT_ANNOTATED_IMAGES, "true")
+    project, _ = detector
+    path = f"{project.name}/b.png"
+    original = color_image((128, 128, 128), size=(400, 300), fmt="PNG", seed=5)
+    _predict_detection(storage, project, path, original)
+    blob = storage.container(names.PREDICTIONS).get_blob_client(annotated_path(path))
+    assert blob.get_blob_properties().content_settings.content_type == "image/jpeg"
+    drawn = Image.open(io.BytesIO(blob.download_blob().readall()))
+    assert drawn.format == "JPEG" and drawn.size == (400, 300)
+    plain = Image.open(io.BytesIO(original)).convert("RGB")
+    # the best box's left edge is drawn in a colour far from the grey picture; a box under
+    # the drawing threshold (or the floor) leaves the picture as it was
+    best = max(range(len(FIXED_SCORES)), key=lambda i: FIXED_SCORES[i])
+    left, top, width, height = FIXED_BOXES[best]
+    edge = (round(left * 400) + 1, round((top + height / 2) * 300))
+    assert sum(abs(a - b) for a, b in zip(drawn.getpixel(edge), plain.getpixel(edge),
+                                          strict=True)) > 120
+    inside = (round((left + width / 2) * 400), round((top + height / 2) * 300))
+    assert sum(abs(a - b) for a, b in zip(drawn.getpixel(inside), plain.getpixel(inside),
+                                          strict=True)) < 60
+
+
+def test_draw_boxes_keeps_the_picture_upright_and_bounded() -> None:
+    """EXIF orientation is applied before drawing (boxes are fractions of the upright picture)
+    and a big picture is drawn at most ANNOTATED_MAX_SIDE a side."""
+    from PIL import Image
+
+    from visionpipe.stores.prediction_store import TagProbability
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to view
+    Image.new("RGB", (300, 200), (20, 20, 20)).save(buf, "JPEG", exif=exif)
+    box = TagProbability(0.9, "t", "thing", (0.0, 0.0, 0.5, 0.5))
+    drawn = Image.open(io.BytesIO(draw_boxes(buf.getvalue(), [box])))
+    assert drawn.size == (200, 300)
+    big = io.BytesIO()
+    Image.new("RGB", (4000, 1000)).save(big, "PNG")
+    assert Image.open(io.BytesIO(draw_boxes(big.getvalue(), [box]))).size == (1600, 400)

@@ -13,16 +13,16 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from training_job.model import BACKBONES, DEFAULT_BACKBONE, DEFAULT_WEIGHTS_DIR
 from training_job.worker import Outcome, Worker, WorkerOptions
 from visionpipe import names
+from visionpipe.training_rules import MIN_IMAGES_PER_TAG_DETECTION
 
 if TYPE_CHECKING:
+    from training_job.detection_pipeline import DetectionOptions
     from training_job.pipeline import JobOptions
 
 log = logging.getLogger("training_job")
@@ -103,8 +103,37 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", type=Path,
                    default=Path.home() / ".cache" / "visionpipe" / "images",
                    help="local cache of training images (keyed by sha256)")
+    d = p.add_argument_group("object detection (projects with a detection domain)")
+    d.add_argument("--detection-input-size", type=int, default=None,
+                   help="detector input side in pixels (default: the domain's, 320-640)")
+    d.add_argument("--detection-epochs", type=int, default=30, help="Regular: epochs")
+    d.add_argument("--detection-patience", type=int, default=8)
+    d.add_argument("--detection-advanced-epochs", type=int, default=80)
+    d.add_argument("--detection-batch-size", type=int, default=8)
+    d.add_argument("--detection-lr", type=float, default=3e-4)
+    d.add_argument("--detection-box-head", type=int, default=None,
+                   help="box head width (default: the domain's; smaller trains faster)")
+    d.add_argument("--detection-roi-samples", type=int, default=None,
+                   help="RoIs sampled per training picture (default: the domain's)")
+    d.add_argument("--detection-rpn-proposals", type=int, default=None,
+                   help="RPN proposals kept while training (default: the domain's)")
+    d.add_argument("--detection-min-images-per-tag", type=int,
+                   default=MIN_IMAGES_PER_TAG_DETECTION)
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def detection_options(args: argparse.Namespace) -> DetectionOptions:
+    from training_job.detection_pipeline import DetectionOptions
+
+    return DetectionOptions(
+        input_size=args.detection_input_size, epochs=args.detection_epochs,
+        patience=args.detection_patience, advanced_epochs=args.detection_advanced_epochs,
+        batch_size=args.detection_batch_size, lr=args.detection_lr,
+        box_head_size=args.detection_box_head, roi_samples=args.detection_roi_samples,
+        rpn_proposals=args.detection_rpn_proposals,
+        min_images_per_tag=args.detection_min_images_per_tag,
+    )
 
 
 def job_options(args: argparse.Namespace) -> JobOptions:
@@ -120,7 +149,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         min_images_per_tag=args.min_images_per_tag, seed=args.seed,
         kfold_below=args.kfold_below, kfold_folds=args.kfold_folds,
         kfold_repeats=args.kfold_repeats, checkpoints=args.checkpoints,
-        checkpoint_every_s=args.checkpoint_every,
+        checkpoint_every_s=args.checkpoint_every, detection=detection_options(args),
     )
 
 
@@ -139,25 +168,6 @@ def _configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _install_signal_handlers(worker: Worker) -> dict[int, Any]:
-    """First SIGTERM/SIGINT: stop after the current step and hand the message back; a second
-    SIGINT interrupts at once. Returns the handlers it replaced (none off the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if worker.stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning("%s: stopping (the request in progress goes back to the queue)",
-                    signal.Signals(signum).name)
-        worker.stop.set()
-
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    for signum in previous:
-        signal.signal(signum, on_signal)
-    return previous
-
-
 def main(args: argparse.Namespace) -> int:
     """Run the job; exit status 0 when the request was handled (Completed or recorded Failed,
     rejected, poisoned) or there was none, 1 when it must be retried."""
@@ -173,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
     args.queue = args.queue or settings.training_requests_queue
     args.events_queue = args.events_queue or settings.training_events_queue
     worker = Worker(get_storage(), job_options(args), worker_options(args))
-    previous = _install_signal_handlers(worker)
+    previous = worker.install_signal_handlers()  # training_job.queue_worker
     try:
         if args.watch:
             worker.watch()

@@ -47,7 +47,7 @@ from visionpipe.preprocessing import (
     resize_and_crop,
 )
 from visionpipe.stores.label_store import ImageRecord, Project, Tag
-from visionpipe.training_rules import MIN_IMAGES_PER_TAG, MIN_TAGS
+from visionpipe.training_rules import MIN_IMAGES_PER_TAG, MIN_REGULAR_TAGS, MIN_TAGS
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -199,6 +199,7 @@ def build_snapshot(
         )
     if len(chosen) < MIN_TAGS:
         raise DatasetError(f"training needs at least {MIN_TAGS} tags, got {len(chosen)}")
+    _check_negative(chosen, picked)
 
     order = {t.id: j for j, t in enumerate(chosen)}
     groups: dict[str, list[tuple[ImageRecord, tuple[str, ...]]]] = {}
@@ -218,6 +219,25 @@ def build_snapshot(
             )
     samples.sort(key=lambda s: (s.split, s.sha256))
     return Snapshot(project, tuple(chosen), tuple(samples))
+
+
+def _check_negative(chosen: Sequence[Tag],
+                    picked: Sequence[tuple[ImageRecord, tuple[str, ...]]]) -> None:
+    """The Negative tag's rules on the snapshot actually trained (the label store refuses them
+    on every write; a tagging that raced with a tag's change to Negative is caught here).
+
+    The Negative tag stays one output among the others: its images (and only they) have it as
+    their one label, so a multiclass model learns "none of the tags" as a class it can answer,
+    and a multilabel model learns it as its own output beside all-zero others."""
+    negative = {t.id for t in chosen if t.negative}
+    regular = len(chosen) - len(negative)
+    if regular < MIN_REGULAR_TAGS:
+        raise DatasetError(f"training needs at least {MIN_REGULAR_TAGS} tag that is not the "
+                           "Negative tag")
+    mixed = sum(1 for _, labels in picked if negative.intersection(labels) and len(labels) > 1)
+    if mixed:
+        raise DatasetError(f"{mixed} image(s) carry the Negative tag and another tag; an image "
+                           "tagged Negative carries no other tag")
 
 
 def take_snapshot(

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from training_job.detection_model import (
     detector_for_domain,
 )
 from training_job.model import batchnorm_layers, recalibrate_batchnorm
+from training_job.train import Interrupted
 from visionpipe.annotations import Region
 from visionpipe.detection_decode import DetectionPreprocessing, stretch_picture
 from visionpipe.detection_metrics import Detection, DetectionReport, GroundTruth, evaluate
@@ -53,8 +54,6 @@ CACHE_BYTES = 2 * 1024**3  # decoded training pictures kept in memory (320 px: ~
 MIN_BOX_PIXELS = 1.0  # a box thinner than a pixel at the input size cannot be learned from
 
 
-class Interrupted(Exception):
-    """Training was asked to stop (SIGTERM, lost lease)."""
 
 
 # --- samples, split, dataset -------------------------------------------------------------------
@@ -442,6 +441,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="folder for model.onnx etc.")
     p.add_argument("--domain", default="General", help="Custom Vision detection domain name")
     p.add_argument("--input-size", type=int, default=None, help="override the domain's")
+    p.add_argument("--box-head-size", type=int, default=None,
+                   help="override the domain's box head width (smaller: faster, a smaller file)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=8)
@@ -497,6 +498,8 @@ def main(args: argparse.Namespace) -> int:
     spec: DetectorSpec = detector_for_domain(args.domain)
     if args.input_size:
         spec = spec.scaled(args.input_size)
+    if args.box_head_size:
+        spec = replace(spec, box_head_size=args.box_head_size)
     resume = (torch.load(args.resume, map_location="cpu", weights_only=False)
               if args.resume else None)
     if resume is not None:

@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,29 +68,43 @@ def export_onnx(
     return check_onnx(path, spec)
 
 
-def check_onnx(path: Path, spec: PreprocessingSpec) -> int:
-    """``onnx.checker`` plus the interface the manifest promises; return the model's opset."""
+def check_interface(path: Path, input_name: str, output_names: Sequence[str],
+                    what: str = "model") -> tuple[Any, Any]:
+    """``onnx.checker`` (full check), then one graph input named ``input_name`` and the outputs
+    ``output_names`` in that order; return (the loaded model, its input). Shared by the
+    classifier's and the detector's export checks (training_job.detection_export)."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # noqa: BLE001 - any checker complaint makes the file unusable
-        raise ExportError(f"onnx.checker rejected the model: {e}") from e
+        raise ExportError(f"onnx.checker rejected the {what}: {e}") from e
     model = onnx.load(str(path), load_external_data=False)
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
-    if [i.name for i in inputs] != [spec.input_name]:
-        raise ExportError(f"inputs are {[i.name for i in inputs]}, expected [{spec.input_name!r}]")
-    if [o.name for o in model.graph.output] != [OUTPUT_NAME]:
+    if [i.name for i in inputs] != [input_name]:
+        raise ExportError(f"inputs are {[i.name for i in inputs]}, expected [{input_name!r}]")
+    if [o.name for o in model.graph.output] != list(output_names):
         raise ExportError(f"outputs are {[o.name for o in model.graph.output]}, "
-                          f"expected [{OUTPUT_NAME!r}]")
-    dims = inputs[0].type.tensor_type.shape.dim
+                          f"expected {list(output_names)}")
+    return model, inputs[0]
+
+
+def opset_of(model: Any) -> int:
+    """The default-domain opset an ONNX model imports (0: none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def check_onnx(path: Path, spec: PreprocessingSpec) -> int:
+    """``onnx.checker`` plus the interface the manifest promises; return the model's opset."""
+    model, graph_input = check_interface(path, spec.input_name, [OUTPUT_NAME])
+    dims = graph_input.type.tensor_type.shape.dim
     if len(dims) != 4 or dims[0].HasField("dim_value"):
         raise ExportError("the input's batch axis is not dynamic")
     if [d.dim_value for d in dims[1:]] != [3, spec.crop, spec.crop]:
         raise ExportError(f"input shape {[d.dim_value for d in dims[1:]]} is not "
                           f"[3, {spec.crop}, {spec.crop}]")
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return opset_of(model)
 
 
 def onnx_session(model_bytes: bytes) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 
 from training_job import dataset as ds
 from training_job.checkpoints import BlobCheckpoints
+from training_job.detection_pipeline import DetectionOptions
 from training_job.evaluate import confusion_png, evaluate, pr_curve_png
 from training_job.export import PARITY_TOLERANCE, ExportError, export_onnx, onnx_session, parity
 from training_job.kfold import cross_validate
@@ -48,7 +49,7 @@ from visionpipe.messages import TrainingRequest
 from visionpipe.preprocessing import PreprocessingSpec
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import LabelStore, Project
-from visionpipe.stores.registry import Iteration, IterationStatus, Registry
+from visionpipe.stores.registry import Iteration, IterationEnded, IterationStatus, Registry
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class JobOptions:
     kfold_repeats: int = 2
     checkpoints: bool = True  # per epoch, in blob storage: a killed job resumes from there
     checkpoint_every_s: float = 60.0  # at most one checkpoint save per this many seconds
+    # object detection projects (training_job.detection_pipeline): the detector's own options
+    detection: DetectionOptions = field(default_factory=DetectionOptions)
 
     @property
     def spec(self) -> PreprocessingSpec:
@@ -176,17 +179,16 @@ def train_iteration(
     between training steps (a stop, a lost lease, a cancel). A checkpoint left by a killed
     earlier attempt of the same training is resumed (training_job.checkpoints).
     """
+    if project.detection:  # an object detection domain: boxes in, a detector out
+        from training_job.detection_pipeline import train_detection_iteration
+
+        return train_detection_iteration(storage, project, iteration, request, options,
+                                         check_lease, should_stop)
     registry = Registry(storage)
     label_store = LabelStore(storage)
     spec = options.spec
     timer = Timer()
-
-    def progress(value: dict[str, Any], **columns: Any) -> None:
-        """Best effort: a progress write that fails must not fail the training."""
-        try:
-            registry.update_iteration(project.id, iteration.id, progress=value, **columns)
-        except Exception as e:  # noqa: BLE001 - progress is advisory
-            log.warning("could not record progress: %s", e)
+    progress = progress_recorder(registry, project.id, iteration.id)
 
     # no status here: the row is Training already (the worker checked), and a cancel that lands
     # meanwhile must not be overwritten
@@ -196,14 +198,9 @@ def train_iteration(
     t = time.perf_counter()
     snapshot = ds.take_snapshot(label_store, project, request.selected_tags,
                                 min_per_tag=options.min_images_per_tag)
-    cache = ds.ImageCache(storage.container(names.TRAINING_IMAGES), options.cache_dir)
     t = timer.phase("snapshot", t)
-    progress(_progress("download", images=len(snapshot.samples)))
-    missing = cache.fetch_all(snapshot.samples)
-    if missing:
-        log.warning("%d images could not be fetched; training without them", len(missing))
-        snapshot = ds.without(snapshot, missing, min_per_tag=options.min_images_per_tag)
-    ds.write_snapshot(storage, snapshot, iteration.id)
+    snapshot, cache = fetch_snapshot(storage, snapshot, iteration.id, options.cache_dir,
+                                     options.min_images_per_tag, progress)
     t = timer.phase("download", t)
     check_lease()  # a cancel while downloading stops here, before any training
     train, validation, test = snapshot.train, snapshot.validation, snapshot.test
@@ -323,19 +320,18 @@ def train_iteration(
         "parityMaxAbsDiff": worst,
         "exporter": options.exporter,
     }
-    upload = lambda name, data, kind: registry.upload_artifact(  # noqa: E731
-        project.id, iteration.id, name, data, kind)
-    upload(MODEL_FILE, model_bytes, "application/octet-stream")
-    upload(METRICS_FILE, json.dumps(metrics_doc, indent=1).encode(), "application/json")
-    upload(PR_CURVE_FILE, pr_png, "image/png")
-    upload(CONFUSION_MATRIX_FILE, cm_png, "image/png")
-    upload(CONFIG_FILE, json.dumps(resolved, indent=2, default=str).encode(), "application/json")
-    upload(MANIFEST_FILE, manifest.to_json().encode(), "application/json")
+    upload_artifacts(registry, project.id, iteration.id, [
+        (MODEL_FILE, model_bytes, "application/octet-stream"),
+        (METRICS_FILE, json.dumps(metrics_doc, indent=1).encode(), "application/json"),
+        (PR_CURVE_FILE, pr_png, "image/png"),
+        (CONFUSION_MATRIX_FILE, cm_png, "image/png"),
+        (CONFIG_FILE, json.dumps(resolved, indent=2, default=str).encode(), "application/json"),
+        (MANIFEST_FILE, manifest.to_json().encode(), "application/json"),
+    ])
     check_lease()
     timings = timer.total()
-    registry.update_iteration(
-        project.id, iteration.id,
-        status=str(IterationStatus.COMPLETED),
+    register_completed(
+        registry, project.id, iteration.id, checkpoints, check_lease,
         progress=_progress("completed", fitted.best_epoch, config.epochs,
                            round(fitted.history[-1].train_loss, 5) if fitted.history else None,
                            round(fitted.best_metric, 5), stopped=fitted.stopped,
@@ -350,13 +346,72 @@ def train_iteration(
         pretrained=built.pretrained,
         timingsJson=json.dumps(timings),
     )
-    if checkpoints is not None:
-        checkpoints.delete()
     log.info("iteration %s Completed in %.1fs: precision %.3f, recall %.3f, AP %.3f on %d test "
              "images%s", iteration.id, timings["totalSeconds"], metrics["precision"],
              metrics["recall"], metrics["averagePrecision"], len(test),
              "" if built.pretrained else " (RANDOM INIT)")
     return manifest
+
+
+def progress_recorder(registry: Registry, project_id: str, iteration_id: str
+                      ) -> Callable[..., None]:
+    """``progress(value, **columns)``: the iteration row's progress, best effort (a progress
+    write that fails must not fail the training)."""
+
+    def progress(value: dict[str, Any], **columns: Any) -> None:
+        try:
+            registry.update_iteration(project_id, iteration_id, progress=value, **columns)
+        except Exception as e:  # noqa: BLE001 - progress is advisory
+            log.warning("could not record progress: %s", e)
+
+    return progress
+
+
+def fetch_snapshot(storage: Storage, snapshot: ds.Snapshot, iteration_id: str, cache_dir: Path,
+                   min_per_tag: int, progress: Callable[..., None]
+                   ) -> tuple[ds.Snapshot, ds.ImageCache]:
+    """Download the snapshot's images into the local cache (those that cannot be fetched are
+    left out, the minimums re-checked) and store the split as the iteration's dataset."""
+    cache = ds.ImageCache(storage.container(names.TRAINING_IMAGES), cache_dir)
+    progress(_progress("download", images=len(snapshot.samples)))
+    missing = cache.fetch_all(snapshot.samples)
+    if missing:
+        log.warning("%d images could not be fetched; training without them", len(missing))
+        snapshot = ds.without(snapshot, missing, min_per_tag=min_per_tag)
+    ds.write_snapshot(storage, snapshot, iteration_id)
+    return snapshot, cache
+
+
+def upload_artifacts(registry: Registry, project_id: str, iteration_id: str,
+                     artifacts: list[tuple[str, bytes, str]]) -> None:
+    """(name, bytes, content type) in order: the manifest goes last, as it is what serving
+    reads."""
+    for name, data, kind in artifacts:
+        registry.upload_artifact(project_id, iteration_id, name, data, kind)
+
+
+def register_completed(registry: Registry, project_id: str, iteration_id: str,
+                       checkpoints: BlobCheckpoints | None, check_lease: Callable[[], None],
+                       **columns: Any) -> None:
+    """The iteration row to Completed with ``columns``, then the checkpoint deleted.
+
+    Completed only over a row still Training (under its ETag): a cancel that landed since the
+    last check wins, and what this attempt uploaded is discarded (registry.finish_iteration);
+    then ``check_lease`` raises (the worker's cancel watch or lost lease: no event), else
+    :class:`IterationEnded` does."""
+    try:
+        registry.finish_iteration(project_id, iteration_id, IterationStatus.COMPLETED, **columns)
+    except IterationEnded as ended:
+        log.warning("iteration %s became %s before it could be registered", iteration_id,
+                    ended.iteration.status)
+        if ended.iteration.status != IterationStatus.COMPLETED:  # else: another execution's
+            registry.delete_artifacts(project_id, iteration_id)  # model, at the same paths
+            if checkpoints is not None:
+                checkpoints.delete()
+        check_lease()
+        raise
+    if checkpoints is not None:
+        checkpoints.delete()
 
 
 def weights_used(weights: str) -> str:

@@ -36,6 +36,7 @@ import yaml
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as _xml_fromstring
 
+from visionpipe.boxes import NormalizedBox
 from visionpipe.rejections import Reason, Rejected, Rejection
 
 MAX_REGIONS_PER_IMAGE = 300  # Custom Vision's limit of regions on one training image
@@ -74,7 +75,7 @@ def _out(message: str) -> Rejected:
 
 
 @dataclass(frozen=True)
-class Region:
+class Region(NormalizedBox):
     """One box: a tag name and its edges as fractions of the image, from the top-left."""
 
     tag: str
@@ -82,10 +83,6 @@ class Region:
     top: float
     width: float
     height: float
-
-    def bounding_box(self) -> dict[str, float]:
-        """Custom Vision's ``boundingBox`` / region shape."""
-        return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
 
 
 @dataclass(frozen=True)
@@ -107,6 +104,10 @@ class CocoAnnotations:
 
     images: Mapping[str, ImageAnnotation]
     rejected: Mapping[str, Rejection] = field(default_factory=dict)
+    #: The ``(width, height)`` each image's pixel boxes were measured against: the true size
+    #: where one was given, else the declared one (a reader can tell whether a parse made with
+    #: declared sizes holds for an image of a known true size).
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 # --- numbers, sizes and boxes ----------------------------------------------------------------
@@ -447,7 +448,7 @@ def parse_coco(data: bytes, *, image_sizes: Mapping[str, tuple[int, int]] | None
         rejected[file_name] = _too_many(counts[key], max_regions, file_name).rejection
     good = {name: ImageAnnotation(name, tuple(boxes[key]))
             for key, (name, _) in images.items() if name not in rejected}
-    return CocoAnnotations(good, rejected)
+    return CocoAnnotations(good, rejected, {name: size for name, size in images.values()})
 
 
 def _coco_id(value: Any, what: str) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from visionpipe.boxes import NormalizedBox
 from visionpipe.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessingSpec, normalize
 
 DOMAIN_TYPE = "ObjectDetection"
@@ -108,7 +109,7 @@ def to_detection_input(picture: Image.Image, prep: DetectionPreprocessing) -> np
 
 
 @dataclass(frozen=True)
-class BoxPrediction:
+class BoxPrediction(NormalizedBox):
     """One detected object: the tag's index in the manifest's tags, its probability, its box."""
 
     tag_index: int
@@ -117,9 +118,6 @@ class BoxPrediction:
     top: float
     width: float
     height: float
-
-    def bounding_box(self) -> dict[str, float]:
-        return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
 
 
 def read_detections(

@@ -21,6 +21,8 @@ MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 PR_CURVE_FILE = "pr_curve.png"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+#: An object detection iteration's picture of predicted vs true boxes on test images.
+DETECTIONS_FILE = "detections.png"
 CLASSIFICATION = "Classification"
 
 

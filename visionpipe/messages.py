@@ -227,6 +227,8 @@ EXPORT_FLAVORS: dict[str, tuple[str, ...]] = {
     "ONNX": ("", "ONNX10", "ONNX12", "ONNXFloat16", "ONNXInt8"),
     "OpenVino": ("",),
     "DockerFile": ("Linux", "ARM"),
+    "TensorFlow": ("TensorFlowNormal", "TensorFlowLite"),
+    "CoreML": ("",),
 }
 
 

@@ -252,3 +252,107 @@ def confusion_matrix(true_index: Any, predicted_index: Any, n: int) -> np.ndarra
     matrix = np.zeros((n, n), dtype=np.int64)
     np.add.at(matrix, (np.asarray(true_index, int), np.asarray(predicted_index, int)), 1)
     return matrix
+
+
+# --- object detection ---------------------------------------------------------------------------
+#: metrics.json's key for a detector's raw test-split boxes (beside the classifier's
+#: ``predictions``): the truth and every served box of every test image, so the performance route
+#: recomputes precision, recall and AP at any ``threshold`` and ``overlapThreshold``.
+DETECTIONS = "detections"
+DEFAULT_OVERLAP_THRESHOLD = 0.5
+_BOX_DIGITS = 5
+
+
+def detections_document(
+    tag_ids: Sequence[str],
+    tag_names: Sequence[str],
+    samples: Sequence[tuple[str, str, Sequence[Sequence[float]], Sequence[Sequence[float]]]],
+) -> dict[str, Any]:
+    """The raw test-split boxes kept in metrics.json: per image ``(imageId, sha256, regions,
+    predictions)``, a region ``[tagIndex, left, top, width, height]`` and a prediction
+    ``[tagIndex, probability, left, top, width, height]`` (fractions of the picture, as served:
+    every box down to the detector's score floor, best first)."""
+
+    def row(values: Sequence[float], lead: int) -> list[float | int]:
+        return [int(values[0]), *(round(float(v), _BOX_DIGITS) for v in values[1:lead + 5])]
+
+    return {
+        "tagIds": list(tag_ids),
+        "tagNames": list(tag_names),
+        "samples": [
+            {"imageId": image_id, "sha256": sha,
+             "regions": [row(r, 0) for r in regions],
+             "predictions": [row(p, 1) for p in predictions]}
+            for image_id, sha, regions, predictions in samples
+        ],
+    }
+
+
+def detection_inputs(document: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+    """(ground truths, detections) of a :func:`detections_document` for
+    visionpipe.detection_metrics, tags by id, images by position (ids may repeat in theory)."""
+    from visionpipe.detection_metrics import Detection, GroundTruth
+
+    tag_ids = list(document["tagIds"])
+    gts, dets = [], []
+    for i, sample in enumerate(document.get("samples", [])):
+        image = str(i)
+        for tag, left, top, width, height in sample.get("regions", []):
+            gts.append(GroundTruth(image, tag_ids[int(tag)], left, top, width, height))
+        for tag, p, left, top, width, height in sample.get("predictions", []):
+            dets.append(Detection(image, tag_ids[int(tag)], p, left, top, width, height))
+    return gts, dets
+
+
+def detection_metrics_at(
+    document: Mapping[str, Any],
+    threshold: float = DEFAULT_THRESHOLD,
+    overlap_threshold: float = DEFAULT_OVERLAP_THRESHOLD,
+    train_images: int = 0,
+) -> dict[str, Any]:
+    """A detector's metrics in the iteration metrics shape: per tag precision and recall of the
+    boxes with probability >= ``threshold`` (a box is right when it overlaps an unmatched true box
+    of its tag by IoU >= ``overlap_threshold``), AP at that IoU (COCO's 101-point
+    interpolation, visionpipe.detection_metrics); overall precision and recall pool the boxes of
+    all tags, ``averagePrecision`` is the mAP over tags with true boxes. Undefined numbers (no
+    boxes, no truth) are 0.0, as Custom Vision shows them."""
+    from visionpipe.detection_metrics import evaluate
+
+    gts, dets = detection_inputs(document)
+    report = evaluate(gts, dets, probability_threshold=threshold,
+                      iou_threshold=overlap_threshold)
+    names = list(document.get("tagNames") or document["tagIds"])
+    per_tag = []
+    for tag_id, name in zip(document["tagIds"], names, strict=True):
+        m = report.per_tag.get(tag_id)
+        per_tag.append({
+            "id": tag_id,
+            "name": name,
+            "precision": (m.precision or 0.0) if m else 0.0,
+            "recall": (m.recall or 0.0) if m else 0.0,
+            "averagePrecision": (m.average_precision or 0.0) if m else 0.0,
+            "count": m.ground_truths if m else 0,
+        })
+    return {
+        "threshold": float(threshold),
+        "overlapThreshold": float(overlap_threshold),
+        "precision": report.precision or 0.0,
+        "recall": report.recall or 0.0,
+        "averagePrecision": report.mean_average_precision or 0.0,
+        "meanAveragePrecision": report.mean_average_precision or 0.0,
+        "perTag": per_tag,
+        "testImages": len(document.get("samples", [])),
+        "trainImages": int(train_images),
+    }
+
+
+def recompute_detection(metrics_json: Mapping[str, Any], threshold: float,
+                        overlap_threshold: float) -> dict[str, Any]:
+    """A stored detector metrics.json at another threshold and overlap (the API's
+    ``performance?threshold=&overlapThreshold=`` route)."""
+    metrics = detection_metrics_at(metrics_json[DETECTIONS], threshold, overlap_threshold,
+                                   train_images=int(metrics_json.get("trainImages", 0)))
+    for key in ("validationImages", "split"):
+        if key in metrics_json:
+            metrics[key] = metrics_json[key]
+    return with_spread(metrics, None, threshold)

@@ -54,6 +54,9 @@ ITERATIONS_TABLE = "iterations"
 PREDICTIONS_TABLE = "predictions"
 # One row per requested export: PartitionKey projectId, RowKey "{iterationId}|{platform}|{flavor}".
 EXPORTS_TABLE = "exports"
+# Detection drop folder: one row per (image, annotation) pair whose halves arrive as separate
+# blob events (visionpipe.stores.annotation_pairs): PartitionKey projectId, RowKey a hash.
+ANNOTATION_PAIRS_TABLE = "annotationpairs"
 TABLES: tuple[str, ...] = (
     PROJECTS_TABLE,
     TAGS_TABLE,
@@ -61,12 +64,17 @@ TABLES: tuple[str, ...] = (
     ITERATIONS_TABLE,
     PREDICTIONS_TABLE,
     EXPORTS_TABLE,
+    ANNOTATION_PAIRS_TABLE,
 )
 # Lifecycle events (visionpipe.pipeline.lifecycle_events) when no Event Grid topic is set: the
 # local stand-in for the topic, read by `visionpipe events` and the tests. Not in TABLES: Azure
 # sends to the topic and never needs it; it is created on first use. Like the topic's deliveries,
 # it is a log: deleting a project does not recall the events already sent about it.
 LIFECYCLE_EVENTS_TABLE = "lifecycleevents"
+# A project export's snapshot (export_project): DATASETS/{projectId}/{PROJECT_COPY_FOLDER}/...,
+# the manifest of each export, the image bytes by content hash and the import claims; deleted
+# with the project.
+PROJECT_COPY_FOLDER = "project-copies"
 
 # Function names: Event Grid subscriptions point at these (AzureFunction endpoint / webhook
 # `functionName=`), so they are part of the infra contract too.
@@ -103,7 +111,19 @@ SETTING_KEY_ROTATION_GRACE_SECONDS = "KEY_ROTATION_GRACE_SECONDS"
 # Lifecycle events go to this Event Grid custom topic (managed identity) when set, else to
 # LIFECYCLE_EVENTS_TABLE.
 SETTING_EVENT_GRID_TOPIC_ENDPOINT = "EVENT_GRID_TOPIC_ENDPOINT"
+# Locally (no topic): webhook URLs (comma-separated) the local stack delivers the lifecycle
+# CloudEvents to, as an Event Grid webhook subscription would (visionpipe.local.webhooks); the
+# first retry's delay in seconds (doubling after) and the attempts before an event is dropped.
+SETTING_LOCAL_EVENT_WEBHOOKS = "LOCAL_EVENT_WEBHOOKS"
+SETTING_LOCAL_WEBHOOK_RETRY_SECONDS = "LOCAL_WEBHOOK_RETRY_SECONDS"
+SETTING_LOCAL_WEBHOOK_MAX_ATTEMPTS = "LOCAL_WEBHOOK_MAX_ATTEMPTS"
+# Project copy (export_project / import_project): the HMAC key of the import tokens (default:
+# derived from TRAINING_KEY) and how long a token stays valid.
+SETTING_PROJECT_COPY_SIGNING_KEY = "PROJECT_COPY_SIGNING_KEY"
+SETTING_PROJECT_COPY_TOKEN_TTL_SECONDS = "PROJECT_COPY_TOKEN_TTL_SECONDS"
 SETTING_AUTO_CREATE_PROJECTS = "AUTO_CREATE_PROJECTS"
+# "true": a detection drop-folder prediction also writes a JPEG with its boxes drawn.
+SETTING_DROP_PREDICT_ANNOTATED_IMAGES = "DROP_PREDICT_ANNOTATED_IMAGES"
 SETTING_UPSCALE_SMALL_IMAGES = "UPSCALE_SMALL_IMAGES"
 SETTING_MAX_TRAINING_IMAGE_BYTES = "MAX_TRAINING_IMAGE_BYTES"
 SETTING_MAX_PREDICTION_IMAGE_BYTES = "MAX_PREDICTION_IMAGE_BYTES"

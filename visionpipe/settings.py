@@ -197,6 +197,7 @@ class Settings:
     training_key: str | None = None
     prediction_key: str | None = None
     auto_create_projects: bool = True
+    drop_predict_annotated_images: bool = False
     training_limits: ImageLimits = field(default_factory=lambda: ImageLimits(max_bytes=6 * MB))
     prediction_limits: ImageLimits = field(default_factory=lambda: ImageLimits(
         max_bytes=4 * MB, max_decoded_pixels=DEFAULT_PREDICTION_MAX_PIXELS))
@@ -225,6 +226,14 @@ class Settings:
     key_vault_uri: str | None = None
     key_cache_ttl_seconds: float = 300.0
     key_rotation_grace_seconds: float = 3600.0
+    # Project copy tokens (visionpipe.api.project_copy): the HMAC key (None: derived from the
+    # training key) and their lifetime.
+    project_copy_signing_key: str | None = None
+    project_copy_token_ttl_seconds: int = 24 * 3600
+    # Local stack only: webhooks that get the lifecycle CloudEvents (visionpipe.local.webhooks).
+    local_event_webhooks: tuple[str, ...] = ()
+    local_webhook_retry_seconds: float = 10.0
+    local_webhook_max_attempts: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -246,6 +255,8 @@ class Settings:
             training_key=env.get(names.SETTING_TRAINING_KEY) or None,
             prediction_key=env.get(names.SETTING_PREDICTION_KEY) or None,
             auto_create_projects=_flag(env.get(names.SETTING_AUTO_CREATE_PROJECTS), True),
+            drop_predict_annotated_images=_flag(
+                env.get(names.SETTING_DROP_PREDICT_ANNOTATED_IMAGES), False),
             training_limits=limits(names.SETTING_MAX_TRAINING_IMAGE_BYTES, 6 * MB),
             prediction_limits=replace(
                 limits(names.SETTING_MAX_PREDICTION_IMAGE_BYTES, 4 * MB),
@@ -281,6 +292,16 @@ class Settings:
                 0.0, float(env.get(names.SETTING_KEY_CACHE_TTL_SECONDS) or 300.0)),
             key_rotation_grace_seconds=max(
                 0.0, float(env.get(names.SETTING_KEY_ROTATION_GRACE_SECONDS) or 3600.0)),
+            project_copy_signing_key=env.get(names.SETTING_PROJECT_COPY_SIGNING_KEY) or None,
+            project_copy_token_ttl_seconds=max(
+                1, _int(env.get(names.SETTING_PROJECT_COPY_TOKEN_TTL_SECONDS), 24 * 3600)),
+            local_event_webhooks=tuple(
+                u.strip() for u in env.get(names.SETTING_LOCAL_EVENT_WEBHOOKS, "").split(",")
+                if u.strip()),
+            local_webhook_retry_seconds=_seconds(
+                env.get(names.SETTING_LOCAL_WEBHOOK_RETRY_SECONDS), 10.0),
+            local_webhook_max_attempts=max(
+                1, _int(env.get(names.SETTING_LOCAL_WEBHOOK_MAX_ATTEMPTS), 30)),
         )
 
 

@@ -10,6 +10,7 @@ import { performancePage } from "./pages/performance.js";
 import { quickTestPage } from "./pages/quicktest.js";
 import { predictionsPage } from "./pages/predictions.js";
 import { iterationsPage } from "./pages/iterations.js";
+import { labelPage } from "./pages/label.js";
 
 const PROJECT_PAGES = [
   ["images", "Images", imagesPage],
@@ -19,6 +20,8 @@ const PROJECT_PAGES = [
   ["predictions", "Predictions", predictionsPage],
   ["iterations", "Iterations", iterationsPage],
 ];
+// Pages reached from another page (not tabs): labelling one image is opened from the images.
+const INNER_PAGES = [["label", "Label boxes", labelPage, "images"]];
 
 const main = document.getElementById("main");
 const errors = document.getElementById("errors");
@@ -131,9 +134,9 @@ async function route(event) {
       projectId = parts[1]; // a malformed escape: the API will say there is no such project
     }
     const slug = parts[2] ?? "images";
-    const page = PROJECT_PAGES.find(([s]) => s === slug);
+    const page = PROJECT_PAGES.find(([s]) => s === slug) ?? INNER_PAGES.find(([s]) => s === slug);
     const project = await guard(() => training("GET", `/projects/${seg(projectId)}`));
-    projectNav(projectId, project, slug);
+    projectNav(projectId, project, page?.[3] ?? slug);
     if (!project) return fill(view, h("p", {}, h("a", { href: "#/" }, "Back to the projects")));
     if (!page) return fill(view, h("h1", {}, "No such page"));
     document.title = `${page[1]} · ${project.name} · visionpipe`;
@@ -144,8 +147,10 @@ async function route(event) {
     await guard(() => projectsPage(view, ctx));
   }
   // After a move inside the app, focus goes to the new content (screen readers announce it);
-  // on first load it stays at the top of the page, where the skip link is.
-  if (event) main.focus({ preventScroll: true });
+  // on first load it stays at the top of the page, where the skip link is. A page that is
+  // still loading its last parts (plots) must not take back the focus someone already moved
+  // into its controls.
+  if (event && !main.contains(document.activeElement)) main.focus({ preventScroll: true });
 }
 
 // The skip link moves focus; as a plain #main link it would change the route.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training_job.exporters.built import Built, ConversionError
-from training_job.exporters.parity import onnx_runner, served_batch
+from training_job.exporters.parity import onnx_outputs, onnx_runner, served_batch
 from visionpipe.manifest import Manifest
 
 #: The highest IR version each target opset's runtimes read (onnx's versioning table).
@@ -120,4 +120,5 @@ def build(source: bytes, manifest: Manifest, flavor: str) -> Built:
         raise ConversionError(f"ONNX Runtime cannot load the {flavor} model: "
                               f"{str(e)[:300]}") from e
     return Built({"model.onnx": data}, lambda images: run(served_batch(images, spec)), converter,
-                 runtime=f"onnxruntime {onnxruntime.__version__} CPU")
+                 runtime=f"onnxruntime {onnxruntime.__version__} CPU",
+                 tensors=onnx_outputs(data, spec.input_name))

@@ -42,6 +42,11 @@ def build(source: bytes, manifest: Manifest, flavor: str) -> Built:
     def run(images: list[bytes]) -> np.ndarray:
         return np.asarray(compiled(served_batch(images, spec))[output], np.float32)
 
+    def tensors(batch: np.ndarray) -> list[np.ndarray]:
+        answer = compiled(batch)
+        return [np.asarray(answer[o]) for o in compiled.outputs]
+
     return Built(files, run, {"name": "openvino.convert_model", "version": ov.__version__,
                               "compressToFp16": False},
-                 runtime=f"openvino {ov.__version__} CPU, f32 inference precision")
+                 runtime=f"openvino {ov.__version__} CPU, f32 inference precision",
+                 tensors=tensors)

@@ -17,6 +17,7 @@ from visionpipe.api.values import is_id
 from visionpipe.blob_names import unsafe_reason
 from visionpipe.manifest import (
     CONFUSION_MATRIX_FILE,
+    DETECTIONS_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -30,6 +31,7 @@ ARTIFACT_TYPES: dict[str, str] = {
     METRICS_FILE: "application/json",
     PR_CURVE_FILE: "image/png",
     CONFUSION_MATRIX_FILE: "image/png",
+    DETECTIONS_FILE: "image/png",  # object detection: predicted vs true boxes
 }
 MAX_PATH_LENGTH = 512
 

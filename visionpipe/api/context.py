@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from visionpipe.api import errors as api_errors
 from visionpipe.api.projects import require_project, require_tag
 from visionpipe.settings import ImageLimits
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import LabelStore, Project, Tag
-from visionpipe.stores.registry import Iteration, Publications, Registry
+from visionpipe.stores.registry import Iteration, IterationStatus, Publications, Registry
 
 if TYPE_CHECKING:
     import azure.functions as func
@@ -83,8 +83,54 @@ class RequestContext:
             raise api_errors.iteration_not_found()
         return iteration
 
+    def trained_iteration(self, project_id: str, iteration_id: str) -> Iteration:
+        """The iteration, which must be Completed (only then does it have a model to export,
+        evaluate or predict with): 404 as :meth:`iteration`, else Custom Vision's
+        ``BadRequestIterationNotTrained`` with the status it has."""
+        iteration = self.iteration(project_id, iteration_id)
+        if iteration.status != IterationStatus.COMPLETED:
+            raise api_errors.iteration_not_trained(str(iteration.status))
+        return iteration
+
     def publications(self, project_id: str) -> Publications:
         return self.registry.current_publications(project_id)
 
     def tag(self, project_id: str, tag_id: str) -> Tag:
         return require_tag(self.label_store, project_id, tag_id)
+
+
+@dataclass(frozen=True)
+class ContextView:
+    """Base of the api classes that are thin views over one request's context (IterationApi,
+    ExportApi): the stores and the lookups come from :attr:`ctx`, so a view adds only its
+    routes, never a second way to open storage or to look an iteration up."""
+
+    ctx: RequestContext
+
+    @classmethod
+    def for_request(cls, req: func.HttpRequest) -> Self:
+        return cls(RequestContext.for_request(req))
+
+    @property
+    def storage(self) -> Storage:
+        return self.ctx.storage
+
+    @property
+    def registry(self) -> Registry:
+        return self.ctx.registry
+
+    @property
+    def label_store(self) -> LabelStore:
+        return self.ctx.label_store
+
+    def project(self, project_id: str) -> Project:
+        return self.ctx.project(project_id)
+
+    def iteration(self, project_id: str, iteration_id: str) -> Iteration:
+        return self.ctx.iteration(project_id, iteration_id)
+
+    def trained(self, project_id: str, iteration_id: str) -> Iteration:
+        return self.ctx.trained_iteration(project_id, iteration_id)
+
+    def publications(self, project_id: str) -> Publications:
+        return self.ctx.publications(project_id)

@@ -15,31 +15,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from visionpipe import names
 from visionpipe.api import errors as api_errors
-from visionpipe.api.context import RequestContext
+from visionpipe.api.context import ContextView
 from visionpipe.manifest import MODEL_FILE
 from visionpipe.messages import EXPORT_FLAVORS, ExportRequest
 from visionpipe.pipeline import lifecycle_events
-from visionpipe.storage import Storage
 from visionpipe.stores.exports import DONE, EXPORTING, ExportRow, ExportStore, archive_path
-from visionpipe.stores.registry import Iteration, IterationStatus, NotFound, Registry
-
-if TYPE_CHECKING:
-    import azure.functions as func
+from visionpipe.stores.registry import IterationStatus, NotFound, Registry
 
 #: ``link(platform, flavor)``: the signed download URL ("" platform: the plain model.onnx).
 Linker = Callable[[str, str], str]
 #: Platforms Custom Vision names that visionpipe does not convert to, and why (the 400 says so).
 NOT_OFFERED = {
-    "TENSORFLOW": "TensorFlow exports are not offered yet (onnx2tf + tensorflow-cpu)",
-    "COREML": "CoreML exports are not offered yet (coremltools has no ONNX converter)",
     "VAIDK": "Vision AI Dev Kit exports are not offered",
 }
-#: A DockerFile export asked for without a flavor is the Linux one (as in the service).
-DEFAULT_FLAVORS = {"DockerFile": "Linux"}
+#: A DockerFile export asked for without a flavor is the Linux one, a TensorFlow one the
+#: SavedModel (as in the service).
+DEFAULT_FLAVORS = {"DockerFile": "Linux", "TensorFlow": "TensorFlowNormal"}
 
 
 def canonical(platform: str | None, flavor: str | None) -> tuple[str, str]:
@@ -61,35 +56,14 @@ def canonical(platform: str | None, flavor: str | None) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class ExportApi:
-    """The export routes over one request's :class:`RequestContext` and the export rows."""
+class ExportApi(ContextView):
+    """The export routes over one request's :class:`RequestContext` (stores and lookups, the
+    trained-iteration check included, come from :class:`ContextView`) and the export rows."""
 
-    ctx: RequestContext
     rows: ExportStore = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", ExportStore(self.ctx.storage))
-
-    @classmethod
-    def for_request(cls, req: func.HttpRequest) -> ExportApi:
-        return cls(RequestContext.for_request(req))
-
-    @property
-    def storage(self) -> Storage:
-        return self.ctx.storage
-
-    @property
-    def registry(self) -> Registry:
-        return self.ctx.registry
-
-    def iteration(self, project_id: str, iteration_id: str) -> Iteration:
-        return self.ctx.iteration(project_id, iteration_id)
-
-    def trained(self, project_id: str, iteration_id: str) -> Iteration:
-        iteration = self.iteration(project_id, iteration_id)
-        if iteration.status != IterationStatus.COMPLETED:
-            raise api_errors.iteration_not_trained(str(iteration.status))
-        return iteration
 
     # --- routes ---------------------------------------------------------------------------------
     def export(self, project_id: str, iteration_id: str, platform: str | None,

@@ -19,7 +19,7 @@ import base64
 import binascii
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,6 +42,7 @@ from visionpipe.stores.label_store import (
     ImageRecord,
     ImageRegion,
     MetadataLimitExceeded,
+    NegativeTagConflict,
     Project,
     Tag,
     image_id,
@@ -149,6 +150,8 @@ def _create_one(ctx: RequestContext, project: Project, tags: dict[str, Tag],
     try:
         status, record = _store_image(ctx, project, tag_ids, facts, path, upload.data,
                                       upload.metadata, regions)
+    except NegativeTagConflict as e:
+        return fail(ImageStatus.ERROR_NEGATIVE_AND_REGULAR_TAG, e.rejection.message)
     except Rejected as e:
         return fail(REASON_STATUS.get(e.rejection.reason, ImageStatus.ERROR_UNKNOWN),
                     f"{e.rejection.reason}: {e.rejection.message}")
@@ -302,35 +305,49 @@ def with_metadata(uploads: list[Upload], batch: Values) -> list[Upload]:
     return [replace(u, metadata=metadata) for u in uploads] if metadata else uploads
 
 
-def uploads_from_files(batch: Values) -> list[Upload]:
-    """``ImageFileCreateBatch``: ``contents`` is base64 (msrest serialises bytearray so)."""
-    return with_metadata(_uploads_from_files(batch), batch)
+Regions = tuple[tuple[str, Box], ...]
 
 
-def _uploads_from_files(batch: Values) -> list[Upload]:
-    uploads = []
+def _each_entry(batch: Values, load: Callable[[Values, tuple[str, ...], Regions], Upload],
+                parallel: bool = False) -> list[Upload]:
+    """One upload per entry of an ``images`` batch, whatever the source: the batch's and the
+    entry's tag ids and the entry's regions are checked here, the same way for files, URLs and
+    stored predictions; ``load`` only gets the entry's bytes (or the upload that says why not).
+    A bad entry fails only itself. ``parallel``: entries are loaded at once (URL fetches)."""
+    entries = _entries(batch)
     shared = _batch_tags(batch)
-    for entry in _entries(batch):
+
+    def one(entry: Values) -> Upload:
         own = _entry_tags(entry)
         if own is None:
-            uploads.append(_bad_entry(shared))
-            continue
-        tags = _tag_ids(shared, own)
+            raw = entry.get("url")
+            return _bad_entry(shared, raw if isinstance(raw, str) else None)
         regions = _entry_regions(entry)
         if isinstance(regions, Upload):
-            uploads.append(regions)
-            continue
+            return regions
+        return load(entry, _tag_ids(shared, own), regions)
+
+    if not parallel:
+        return [one(entry) for entry in entries]
+    with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
+        return list(pool.map(one, entries))
+
+
+def uploads_from_files(batch: Values) -> list[Upload]:
+    """``ImageFileCreateBatch``: ``contents`` is base64 (msrest serialises bytearray so)."""
+
+    def decode(entry: Values, tags: tuple[str, ...], regions: Regions) -> Upload:
         contents = entry.get("contents")
         try:
             if not isinstance(contents, str):
                 raise TypeError("contents must be a base64 string")
             data = base64.b64decode(contents, validate=True)
         except (binascii.Error, ValueError, TypeError):
-            uploads.append(Upload(None, tags, error=ImageStatus.ERROR_IMAGE_FORMAT,
-                                  detail="contents is not base64"))
-            continue
-        uploads.append(Upload(data, tags, regions=regions))
-    return uploads
+            return Upload(None, tags, error=ImageStatus.ERROR_IMAGE_FORMAT,
+                          detail="contents is not base64")
+        return Upload(data, tags, regions=regions)
+
+    return with_metadata(_each_entry(batch, decode), batch)
 
 
 def uploads_from_urls(batch: Values, max_bytes: int) -> list[Upload]:
@@ -340,68 +357,43 @@ def uploads_from_urls(batch: Values, max_bytes: int) -> list[Upload]:
     from visionpipe.api.url_fetch import FetchError, fetch
 
     check_metadata(batch.get("metadata"))  # before anything is fetched
-    entries = _entries(batch)
-    shared = _batch_tags(batch)
 
-    def one(entry: Values) -> Upload:
+    def download(entry: Values, tags: tuple[str, ...], regions: Regions) -> Upload:
         raw = entry.get("url")
         url = raw if isinstance(raw, str) else None
-        own = _entry_tags(entry)
-        if own is None:
-            return _bad_entry(shared, url)
-        tags = _tag_ids(shared, own)
-        regions = _entry_regions(entry)
-        if isinstance(regions, Upload):
-            return regions
         try:
             return Upload(fetch(raw, max_bytes), tags, url, regions=regions)
         except FetchError as e:
             return Upload(None, tags, url, ImageStatus.ERROR_SOURCE, str(e))
 
-    with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
-        return with_metadata(list(pool.map(one, entries)), batch)
+    return with_metadata(_each_entry(batch, download, parallel=True), batch)
 
 
 def uploads_from_predictions(ctx: RequestContext, project_id: str,
                              batch: Values) -> list[Upload]:
     """``ImageIdCreateBatch``: ids of stored predictions whose image was kept in storage."""
-    return with_metadata(_uploads_from_predictions(ctx, project_id, batch), batch)
-
-
-def _uploads_from_predictions(ctx: RequestContext, project_id: str, batch: Values) -> list[Upload]:
     from azure.core.exceptions import ResourceNotFoundError
 
     from visionpipe.stores.prediction_store import PredictionStore
 
     predictions = PredictionStore(ctx.storage)
-    uploads = []
-    shared = _batch_tags(batch)
-    for entry in _entries(batch):
-        own = _entry_tags(entry)
-        if own is None:
-            uploads.append(_bad_entry(shared))
-            continue
-        tags = _tag_ids(shared, own)
-        regions = _entry_regions(entry)
-        if isinstance(regions, Upload):
-            uploads.append(regions)
-            continue
+
+    def copy(entry: Values, tags: tuple[str, ...], regions: Regions) -> Upload:
         prediction_id = entry.get("id")
         stored = (predictions.get(project_id, prediction_id)
                   if isinstance(prediction_id, str) and is_id(prediction_id) else None)
         if stored is None or "/" not in stored.blob_path:
-            uploads.append(Upload(None, tags, error=ImageStatus.ERROR_SOURCE,
-                                  detail="no stored prediction with a kept image"))
-            continue
+            return Upload(None, tags, error=ImageStatus.ERROR_SOURCE,
+                          detail="no stored prediction with a kept image")
         container, _, path = stored.blob_path.partition("/")
         try:
             data = ctx.storage.container(container).download_blob(path).readall()
         except ResourceNotFoundError:
-            uploads.append(Upload(None, tags, error=ImageStatus.ERROR_SOURCE,
-                                  detail="the predicted image is gone"))
-            continue
-        uploads.append(Upload(data, tags, regions=regions))
-    return uploads
+            return Upload(None, tags, error=ImageStatus.ERROR_SOURCE,
+                          detail="the predicted image is gone")
+        return Upload(data, tags, regions=regions)
+
+    return with_metadata(_each_entry(batch, copy), batch)
 
 
 # --- queries ------------------------------------------------------------------------------------
@@ -502,6 +494,7 @@ def create_image_tags(ctx: RequestContext, project_id: str, batch: Values) -> di
             if record is None:
                 raise api_errors.bad_request("BadRequestImageTags", f"Unknown image {image_id_}")
             records[image_id_] = record
+    _check_negative_pairs(ctx, project_id, pairs, records)
     created, duplicated, exceeded = [], [], []
     for image_id_, tag_id in dict.fromkeys(pairs):
         record = records[image_id_]
@@ -512,6 +505,9 @@ def create_image_tags(ctx: RequestContext, project_id: str, batch: Values) -> di
             continue
         try:
             status = ctx.label_store.add_image_tag(project, record.sha256, tag_id)
+        except NegativeTagConflict as e:  # Custom Vision refuses the request, not the pair
+            raise api_errors.bad_request("BadRequestNegativeAndRegularTagOnSameImage",
+                                         e.rejection.message) from e
         except Rejected as e:
             if e.rejection.reason != Reason.CONFLICTING_TAG:
                 raise
@@ -525,6 +521,24 @@ def create_image_tags(ctx: RequestContext, project_id: str, batch: Values) -> di
         "duplicated": api_models.tag_entries(duplicated),
         "exceeded": api_models.tag_entries(exceeded),
     }
+
+
+def _check_negative_pairs(ctx: RequestContext, project_id: str, pairs: list[tuple[str, str]],
+                          records: dict[str, ImageRecord]) -> None:
+    """400 ``BadRequestNegativeAndRegularTagOnSameImage`` before anything is written when the
+    batch would leave an image with the Negative tag and another (the store checks again under
+    each image's ETag, for requests racing with this one)."""
+    negative = ctx.label_store.negative_tag_id(project_id)
+    if negative is None:
+        return
+    after = {i: set(r.tag_ids) for i, r in records.items()}
+    for image_id_, tag_id in pairs:
+        after[image_id_].add(tag_id)
+    mixed = sorted(i for i, tags in after.items() if negative in tags and len(tags) > 1)
+    if mixed:
+        raise api_errors.bad_request(
+            "BadRequestNegativeAndRegularTagOnSameImage",
+            f"an image tagged Negative carries no other tag: {', '.join(mixed[:10])}")
 
 
 def delete_image_tags(ctx: RequestContext, project_id: str, image_ids: Sequence[str],

@@ -11,20 +11,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from visionpipe import names
 from visionpipe.api import errors as api_errors
-from visionpipe.api.context import RequestContext
+from visionpipe.api.context import ContextView
 from visionpipe.manifest import METRICS_FILE, overall_section
 from visionpipe.messages import EXPORT_FLAVORS
-from visionpipe.storage import Storage
-from visionpipe.stores.label_store import LabelStore, Project
-from visionpipe.stores.registry import Iteration, IterationStatus, NotFound, Publications, Registry
+from visionpipe.stores.label_store import Project
+from visionpipe.stores.registry import Iteration, IterationStatus, NotFound, Publications
 from visionpipe.timestamps import iso
-
-if TYPE_CHECKING:
-    import azure.functions as func
 
 # What a trained iteration exports to (visionpipe.api.export converts and serves them).
 EXPORT_PLATFORMS = tuple(EXPORT_FLAVORS)
@@ -32,37 +28,9 @@ MAX_TAKE = 256
 
 
 @dataclass(frozen=True)
-class IterationApi:
+class IterationApi(ContextView):
     """The iteration routes over one request's :class:`RequestContext` (a thin view: the
-    context holds the stores and the lookups)."""
-
-    ctx: RequestContext
-
-    @classmethod
-    def for_request(cls, req: func.HttpRequest) -> IterationApi:
-        return cls(RequestContext.for_request(req))
-
-    @property
-    def storage(self) -> Storage:
-        return self.ctx.storage
-
-    @property
-    def registry(self) -> Registry:
-        return self.ctx.registry
-
-    @property
-    def label_store(self) -> LabelStore:
-        return self.ctx.label_store
-
-    # --- lookups --------------------------------------------------------------------------------
-    def project(self, project_id: str) -> Project:
-        return self.ctx.project(project_id)
-
-    def iteration(self, project_id: str, iteration_id: str) -> Iteration:
-        return self.ctx.iteration(project_id, iteration_id)
-
-    def publications(self, project_id: str) -> Publications:
-        return self.ctx.publications(project_id)
+    context holds the stores and the lookups, :class:`ContextView` hands them on)."""
 
     # --- shapes ---------------------------------------------------------------------------------
     def to_json(self, iteration: Iteration, project: Project | None = None,
@@ -146,22 +114,20 @@ class IterationApi:
             return None
         return doc if isinstance(doc, dict) else None
 
-    def trained(self, project_id: str, iteration_id: str) -> Iteration:
-        iteration = self.iteration(project_id, iteration_id)
-        if iteration.status != IterationStatus.COMPLETED:
-            raise api_errors.iteration_not_trained(str(iteration.status))
-        return iteration
+    def performance(self, project_id: str, iteration_id: str, threshold: float = 0.5,
+                    overlap_threshold: float = 0.5) -> dict[str, Any]:
+        """Custom Vision's ``IterationPerformance`` at ``threshold`` (and, for an object
+        detector, ``overlap_threshold``: the IoU a box needs with a true box to count)."""
+        from visionpipe.metrics import DETECTIONS, recompute, recompute_detection
 
-    def performance(self, project_id: str, iteration_id: str,
-                    threshold: float = 0.5) -> dict[str, Any]:
-        """Custom Vision's ``IterationPerformance`` at ``threshold``."""
-        from visionpipe.metrics import recompute
-
-        if not 0.0 <= threshold <= 1.0 or math.isnan(threshold):
-            raise api_errors.bad_request("BadRequestInvalid", "threshold must be within [0, 1]")
+        for name, value in (("threshold", threshold), ("overlapThreshold", overlap_threshold)):
+            if not 0.0 <= value <= 1.0 or math.isnan(value):
+                raise api_errors.bad_request("BadRequestInvalid", f"{name} must be within [0, 1]")
         iteration = self.trained(project_id, iteration_id)
         doc = self.metrics_document(iteration)
-        if doc is not None and "predictions" in doc:
+        if doc is not None and isinstance(doc.get(DETECTIONS), dict):
+            metrics = recompute_detection(doc, threshold, overlap_threshold)
+        elif doc is not None and "predictions" in doc:
             metrics = recompute(doc, threshold)
         elif iteration.metrics:  # no raw predictions kept: the figures recorded at training time
             metrics = _flat(iteration.metrics)
@@ -189,8 +155,12 @@ class IterationApi:
 
     def _image_performances(self, project_id: str, iteration_id: str,
                             tag_ids: list[str]) -> list[dict[str, Any]]:
+        from visionpipe.metrics import DETECTIONS
+
         iteration = self.trained(project_id, iteration_id)
         doc = self.metrics_document(iteration)
+        if doc is not None and isinstance(doc.get(DETECTIONS), dict):
+            return self._detection_image_performances(project_id, doc[DETECTIONS], tag_ids)
         if doc is None or "predictions" not in doc:
             return []
         predictions = doc["predictions"]
@@ -203,27 +173,63 @@ class IterationApi:
             labels = list(sample.get("labels", []))
             if wanted and not wanted.intersection(labels):
                 continue
-            record = self.label_store.get_image(project_id, sample.get("sha256", ""))
-            created = iso(record.created) if record else None
             ranked = sorted(zip(sample["probabilities"], column_ids, strict=False),
                             key=lambda pt: -pt[0])
-            rows.append({
-                "id": sample["imageId"],
-                "created": created,
-                "width": record.width if record else 0,
-                "height": record.height if record else 0,
-                "imageUri": None,
-                "thumbnailUri": None,
-                "tags": [{"tagId": t, "tagName": name_of.get(t, t), "created": created}
-                         for t in labels],
-                "regions": None,
-                "predictions": [
-                    {"probability": float(p), "tagId": t, "tagName": name_of.get(t, t),
-                     "boundingBox": None, "tagType": "Regular"}
-                    for p, t in ranked
-                ],
-            })
+            rows.append(self._image_row(project_id, sample, name_of, labels, None,
+                                        [(float(p), t, None) for p, t in ranked]))
         return rows
+
+    def _detection_image_performances(self, project_id: str, document: dict[str, Any],
+                                      tag_ids: list[str]) -> list[dict[str, Any]]:
+        """An object detector's test images: ``regions`` the true boxes it was scored against,
+        ``predictions`` every box it answered (down to the detector's floor, best first)."""
+        column_ids = list(document["tagIds"])
+        name_of = dict(zip(column_ids, document.get("tagNames") or column_ids, strict=False))
+        wanted = set(tag_ids)
+        rows: list[dict[str, Any]] = []
+        for sample in document.get("samples", []):
+            truth = [(column_ids[int(r[0])], tuple(map(float, r[1:5])))
+                     for r in sample.get("regions", [])]
+            labels = list(dict.fromkeys(t for t, _ in truth))
+            if wanted and not wanted.intersection(labels):
+                continue
+            boxes = [(float(p[1]), column_ids[int(p[0])], tuple(map(float, p[2:6])))
+                     for p in sorted(sample.get("predictions", []), key=lambda p: -p[1])]
+            rows.append(self._image_row(project_id, sample, name_of, labels, truth, boxes))
+        return rows
+
+    def _image_row(self, project_id: str, sample: dict[str, Any], name_of: dict[str, str],
+                   labels: list[str], regions: list[tuple[str, tuple[float, ...]]] | None,
+                   predictions: list[tuple[float, str, tuple[float, ...] | None]]
+                   ) -> dict[str, Any]:
+        """Custom Vision's ``ImagePerformance``: the test image as the label store knows it now
+        (created, size, region ids) with what the iteration was scored on and answered."""
+        record = self.label_store.get_image(project_id, sample.get("sha256", ""))
+        created = iso(record.created) if record else None
+        region_ids = {(g.tag_id, *(round(v, 4) for v in g.box)): g.region_id
+                      for g in (record.regions if record else ())}
+
+        def ltwh(box: tuple[float, ...]) -> dict[str, float]:
+            return dict(zip(("left", "top", "width", "height"), box, strict=True))
+
+        return {
+            "id": sample["imageId"],
+            "created": created,
+            "width": record.width if record else 0,
+            "height": record.height if record else 0,
+            "imageUri": None,
+            "thumbnailUri": None,
+            "tags": [{"tagId": t, "tagName": name_of.get(t, t), "created": created}
+                     for t in labels],
+            "regions": None if regions is None else [
+                {"regionId": region_ids.get((t, *(round(v, 4) for v in box)), ""),
+                 "tagName": name_of.get(t, t), "created": created, "tagId": t, **ltwh(box)}
+                for t, box in regions],
+            "predictions": [
+                {"probability": p, "tagId": t, "tagName": name_of.get(t, t),
+                 "boundingBox": ltwh(box) if box is not None else None, "tagType": "Regular"}
+                for p, t, box in predictions],
+        }
 
     def image_performances(self, project_id: str, iteration_id: str, tag_ids: list[str],
                            order_by: str | None, take: int, skip: int) -> list[dict[str, Any]]:

@@ -56,7 +56,7 @@ def tag_to_dict(tag: Tag, image_count: int = 0) -> dict[str, Any]:
         "id": tag.id,
         "name": tag.name,
         "description": tag.description,
-        "type": REGULAR_TAG,
+        "type": tag.type,
         "imageCount": image_count,
     }
 
@@ -113,6 +113,7 @@ class ImageStatus(StrEnum):
     ERROR_UNKNOWN = "ErrorUnknown"
     ERROR_IMAGE_DIMENSIONS = "ErrorImageDimensions"
     ERROR_INVALID_TAG = "ErrorInvalidTag"
+    ERROR_NEGATIVE_AND_REGULAR_TAG = "ErrorNegativeAndRegularTagOnSameImage"
 
 
 #: visionpipe's reason codes (ARCHITECTURE.md, "Image rules") -> the per-image status Custom Vision

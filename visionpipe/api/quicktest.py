@@ -1,4 +1,5 @@
-"""Quick test: classify an image (bytes or a URL) with any Completed iteration, published or not.
+"""Quick test: classify an image (bytes or a URL) with any Completed iteration, published or not;
+an object detection project's iteration answers boxes instead (``detect_image``'s shape).
 
 It goes through the process's serving core and :func:`visionpipe.api.prediction.classify_image`,
 so the session is shared with prediction and an image is refused exactly as the prediction routes
@@ -44,17 +45,21 @@ def _quick_test_iteration(api: IterationApi, project_id: str,
 def quick_test(api: IterationApi, project_id: str, data: bytes, *,
                iteration_id: str | None = None, store: bool = True) -> dict[str, Any]:
     """Classify ``data`` (already out of the request body) with one iteration, through the same
-    :func:`~visionpipe.api.prediction.classify_image` as the prediction routes."""
-    from visionpipe.api.prediction import classify_image
+    :func:`~visionpipe.api.prediction.classify_image` as the prediction routes; an object
+    detection project's iteration answers boxes through
+    :func:`~visionpipe.api.prediction.detect_image`, as ``detect_image`` does."""
+    from visionpipe.api.prediction import classify_image, detect_image
     from visionpipe.serving.core import get_serving
     from visionpipe.settings import get_settings
 
+    project = api.project(project_id)
     iteration = _quick_test_iteration(api, project_id, iteration_id)
     publication = api.publications(project_id).for_iteration(iteration.id) if store else None
-    result = classify_image(get_serving(api.storage), project_id, iteration.id, data,
-                            get_settings().training_limits, store=store,
-                            publish_name=publication.publish_name if publication else "",
-                            storage=api.storage)
+    run = detect_image if project.detection else classify_image
+    result = run(get_serving(api.storage), project_id, iteration.id, data,
+                 get_settings().training_limits, store=store,
+                 publish_name=publication.publish_name if publication else "",
+                 storage=api.storage)
     return result.to_dict()
 
 

@@ -2,6 +2,12 @@
 
 Tag names are unique per project, case-insensitively, because the drop folder addresses tags by
 name (docs/ARCHITECTURE.md, "Additions made while building (2026-11)").
+
+Tag types follow Custom Vision: ``Regular`` and ``Negative`` (at most one per project,
+``BadRequestMultipleNegativeTag``; its images carry no other tag,
+``BadRequestNegativeAndRegularTagOnSameImage``). ``GeneralProduct`` belongs to retail product
+domains visionpipe does not offer: refused with ``BadRequestTagType``, like an unknown type.
+docs/training.md, "The Negative tag", says what training makes of it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,15 @@ from visionpipe.api.projects import (
 )
 from visionpipe.api.values import Values
 from visionpipe.stores.label_store import (
+    TAG_TYPES,
     LabelStore,
     NameTaken,
+    NegativeTagExists,
+    NegativeTagShared,
 )
+
+MULTIPLE_NEGATIVE = "BadRequestMultipleNegativeTag"
+NEGATIVE_AND_REGULAR = "BadRequestNegativeAndRegularTagOnSameImage"
 
 
 # --- tags ---------------------------------------------------------------------------------------
@@ -38,18 +50,35 @@ def create_tag(ctx: RequestContext, project_id: str, name: str | None,
     ctx.project(project_id)
     store = ctx.label_store
     checked = _check_name(name, "BadRequestTagName", "tag")
-    if tag_type not in (None, "", api_models.REGULAR_TAG):
-        code = "BadRequestTagType"
-        if tag_type in api_models.TAG_TYPES:
-            raise api_errors.bad_request(code, f"visionpipe supports Regular tags only, not "
-                                               f"{tag_type}")
-        raise api_errors.bad_request(code, f"Unknown tag type {tag_type!r}")
+    kind = _check_type(tag_type) or api_models.REGULAR_TAG
     try:
         tag = store.create_tag(project_id, checked,
-                               _check_description(description, "BadRequestTagDescription"))
+                               _check_description(description, "BadRequestTagDescription"),
+                               type=kind)
     except NameTaken as e:
         raise api_errors.bad_request("BadRequestTagNameNotUnique", str(e)) from e
+    except NegativeTagExists as e:
+        raise api_errors.bad_request(MULTIPLE_NEGATIVE, str(e)) from e
     return api_models.tag_to_dict(tag, 0)
+
+
+def _check_type(tag_type: str | None) -> str | None:
+    """A tag type the store keeps (None or "" for "not given"), else 400 ``BadRequestTagType``.
+
+    Custom Vision spells types case-insensitively in query strings (.NET enum parsing); the
+    stored and answered spelling is the canonical one."""
+    if tag_type is None or tag_type == "":
+        return None
+    canonical = {t.casefold(): t for t in api_models.TAG_TYPES}.get(str(tag_type).casefold())
+    if canonical in TAG_TYPES:
+        return canonical
+    if canonical is not None:
+        raise api_errors.bad_request(
+            "BadRequestTagType", f"{canonical} tags belong to retail product domains visionpipe "
+                                 f"does not offer; use {' or '.join(TAG_TYPES)}")
+    raise api_errors.bad_request(
+        "BadRequestTagType", f"Unknown tag type {str(tag_type)[:64]!r}; use "
+                             f"{' or '.join(TAG_TYPES)}")
 
 
 def get_tag(ctx: RequestContext, project_id: str, tag_id: str) -> dict[str, Any]:
@@ -78,12 +107,16 @@ def update_tag(ctx: RequestContext, project_id: str, tag_id: str,
         _check_name(name, "BadRequestTagName", "tag")
     if description is not None:
         _check_description(description, "BadRequestTagDescription")
-    if tag_type not in (None, api_models.REGULAR_TAG):
-        raise api_errors.bad_request("BadRequestTagType", "visionpipe supports Regular tags only")
+    kind = _check_type(tag_type)
     try:
-        tag = store.update_tag(project_id, tag_id, name=name, description=description)
+        tag = store.update_tag(project_id, tag_id, name=name, description=description,
+                               type=kind)
     except NameTaken as e:
         raise api_errors.bad_request("BadRequestTagNameNotUnique", str(e)) from e
+    except NegativeTagExists as e:
+        raise api_errors.bad_request(MULTIPLE_NEGATIVE, str(e)) from e
+    except NegativeTagShared as e:
+        raise api_errors.bad_request(NEGATIVE_AND_REGULAR, str(e)) from e
     if tag is None:
         raise tag_not_found()
     return api_models.tag_to_dict(tag, image_counts(store, project_id)[tag.id])

@@ -28,7 +28,12 @@ from visionpipe.api.iterations import IterationApi
 from visionpipe.messages import TRAINING_TYPES, TrainingRequest
 from visionpipe.stores.label_store import ImageRecord, Project, Tag
 from visionpipe.stores.registry import IterationStatus, TrainingInProgress
-from visionpipe.training_rules import MIN_IMAGES_PER_TAG, MIN_TAGS
+from visionpipe.training_rules import (
+    MIN_IMAGES_PER_TAG,
+    MIN_IMAGES_PER_TAG_DETECTION,
+    MIN_TAGS,
+    region_tagged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,12 @@ def dataset_fingerprint(records: Sequence[ImageRecord], selected: Sequence[str])
     h.update(json.dumps(sorted(chosen)).encode())
     for sha, tags in pairs:
         h.update(f"\n{sha}:{','.join(tags)}".encode())
+    # object detection: a box moved, added or removed is another dataset (classification
+    # images have no regions, so their fingerprints are unchanged)
+    boxes = sorted((r.sha256, g.tag_id, g.left, g.top, g.width, g.height)
+                   for r in records if r.blob_paths for g in r.regions if g.tag_id in chosen)
+    if boxes:
+        h.update(json.dumps(boxes).encode())
     return h.hexdigest()
 
 
@@ -77,12 +88,8 @@ def train(
     selected_tags: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``POST projects/{projectId}/train``: the new Iteration (status Training)."""
+    _refuse_negative_detection(api, project_id)
     project = api.project(project_id)
-    if project.detection:  # until the job dispatches detectors: never a classifier for boxes
-        raise api_errors.bad_request(
-            "BadRequestDetectionTrainingValidationFailed",
-            "Training object detection projects is not available yet: regions, detection "
-            "domains and detect on a registered detector are; the training job is not wired")
     training_type = training_type or "Regular"
     if training_type not in TRAINING_TYPES:
         raise api_errors.bad_request("BadRequest",
@@ -92,6 +99,8 @@ def train(
                                      "reservedBudgetInHours must not be negative")
     chosen = _selected_tags(api.label_store.list_tags(project.id), selected_tags)
     records = api.label_store.list_images(project.id)
+    if project.detection:  # a detector trains on boxes: images count for their regions' tags
+        records = region_tagged(records)
     _check_dataset(project, chosen, records)
 
     iterations = api.registry.list_iterations(project.id)
@@ -140,6 +149,22 @@ def train(
     return api.to_json(iteration, project)
 
 
+def _refuse_negative_detection(api: IterationApi, project_id: str) -> None:
+    """400 ``BadRequestDetectionTrainingNotAllowNegativeTag`` for an object detection project
+    whose Negative tag has images, as the service answers (a detector learns boxes; "none of
+    the tags" is an image without boxes). One point read when the project has no Negative tag;
+    an empty Negative tag is no obstacle. Checked before the project's other refusals."""
+    negative = api.label_store.negative_tag_id(project_id)
+    if negative is None:
+        return
+    project = api.project(project_id)
+    if project.detection and api.label_store.list_images(project.id, {negative}):
+        raise api_errors.bad_request(
+            "BadRequestDetectionTrainingNotAllowNegativeTag",
+            "object detection projects cannot train with Negative-tagged images; remove the "
+            "Negative tag from them, or delete it")
+
+
 def training_in_progress() -> api_errors.ApiError:
     return api_errors.bad_request("BadRequestTrainingAlreadyInProgress",
                                   "a training of this project is already in progress")
@@ -155,9 +180,12 @@ def _check_dataset(project: Project, chosen: Sequence[Tag],
                 else "BadRequestMultiClassClassificationTrainingValidationFailed")
         raise api_errors.bad_request(code, f"Training needs at least {MIN_TAGS} tags, "
                                            f"the project has {len(chosen)}")
-    short = [f"{t.name!r} ({counts[t.id]})" for t in chosen if counts[t.id] < MIN_IMAGES_PER_TAG]
+    minimum = MIN_IMAGES_PER_TAG_DETECTION if project.detection else MIN_IMAGES_PER_TAG
+    short = [f"{t.name!r} ({counts[t.id]})" for t in chosen if counts[t.id] < minimum]
     if short:
         raise api_errors.bad_request(
-            "BadRequestTrainingValidationFailed",
-            f"Not enough images: every tag needs at least {MIN_IMAGES_PER_TAG} images; "
+            "BadRequestDetectionTrainingValidationFailed" if project.detection
+            else "BadRequestTrainingValidationFailed",
+            f"Not enough images: every tag needs at least {minimum} images"
+            f"{' with a region of it' if project.detection else ''}; "
             f"too few for {', '.join(short)}")

@@ -25,7 +25,9 @@ from visionpipe import __version__
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
+    from visionpipe.annotations import Region
     from visionpipe.client.client import VisionpipeClient
 
 app = typer.Typer(help="visionpipe: self-hosted Custom Vision replacement.", no_args_is_help=True,
@@ -47,11 +49,18 @@ STATUS_REASONS = {
     "ErrorLimitExceed": "project image limit reached",
     "ErrorTagLimitExceed": "too many tags on the image",
     "ErrorInvalidTag": "unknown tag",
+    "ErrorRegionLimitExceed": "more than 300 boxes on the image",
     "ErrorUnknown": "unknown error",
 }
 REPO = Path(__file__).resolve().parent.parent
+#: ``metrics --overlap`` default: the performance route's own default ``overlapThreshold`` and the
+#: IoU of the training job's validation mAP (the figure it picks the best epoch by)
+DEFAULT_OVERLAP = 0.5
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: the arguments most commands share (typer copies the info per command)
+ProjectArg = Annotated[str, typer.Argument(help="project name or id")]
+IterationOpt = Annotated[str, typer.Option("--iteration", "-i", help="name or id")]
 
 
 @dataclass
@@ -208,7 +217,8 @@ def demo(project: str = "demo", timeout: float = 60.0,
 # --- upload -------------------------------------------------------------------------------------
 @dataclass
 class Upload:
-    """One file of the folder: where it came from, its tags, and what became of it."""
+    """One file of the folder: where it came from, its tags (a detection image: the tags of its
+    boxes), its boxes (detection projects only), and what became of it."""
 
     path: Path
     data: bytes
@@ -216,12 +226,23 @@ class Upload:
     status: str = "pending"
     reason: str = ""
     image_id: str | None = None
+    regions: list[Region] = field(default_factory=list)
 
     @property
     def outcome(self) -> str:
         if self.status == "OK":
             return "uploaded"
         return "duplicate" if self.status == "OKDuplicate" else "rejected"
+
+    def row(self) -> dict[str, Any]:
+        """The ``upload --json`` row."""
+        row: dict[str, Any] = {"file": str(self.path), "tags": self.tags, "outcome": self.outcome,
+                               "status": self.status, "reason": self.reason,
+                               "imageId": self.image_id}
+        if self.regions:
+            row["regions"] = [{"tagName": r.tag, "left": r.left, "top": r.top,
+                               "width": r.width, "height": r.height} for r in self.regions]
+        return row
 
 
 def _scan(folder: Path, multilabel: bool) -> tuple[list[Upload], list[Upload]]:
@@ -255,30 +276,40 @@ def _scan(folder: Path, multilabel: bool) -> tuple[list[Upload], list[Upload]]:
     return list(by_hash.values()), refused
 
 
-def _scan_dataset(folder: Path, fmt: str, console: Console) -> tuple[list[Upload], list[Upload]]:
+def _scan_dataset(folder: Path, fmt: str, detection: bool, console: Console
+                  ) -> tuple[list[Upload], list[Upload]]:
     """(to send, refused here) from a CSV, COCO, Pascal VOC or YOLO dataset
-    (:mod:`visionpipe.client.datasets`); an image carries the tags of its boxes."""
+    (:mod:`visionpipe.client.datasets`). A detection project gets the boxes as regions; a
+    classifier, the tags of the boxes."""
     from visionpipe.client import datasets
 
     found = datasets.read(folder, fmt)
     refused = [Upload(folder / name.lstrip("/\\"), b"", [], "Skipped", why)
                for name, why in found.refused]
-    pending = [Upload(folder / item.name, item.data, item.tags) for item in found.items]
+    pending = [Upload(folder / item.name, item.data, item.tags,
+                      regions=list(item.regions) if detection else [])
+               for item in found.items]
     boxed = sum(1 for item in found.items for r in item.regions if
                 (r.left, r.top, r.width, r.height) != datasets.WHOLE_IMAGE)
-    if boxed:
-        console.print(f"{boxed} box(es) read: visionpipe projects are classifiers, so each image "
-                      "carries its boxes' tags and the boxes themselves are not stored")
+    if boxed and not detection:
+        console.print(f"{boxed} box(es) read: this project is a classifier, so each image "
+                      "carries its boxes' tags and the boxes themselves are not stored (create "
+                      "an object detection project with --detection to keep them)")
     return pending, refused
 
 
 def _send(client: VisionpipeClient, project_id: str, tag_ids: dict[str, str],
-          batch: list[Upload]) -> list[Upload]:
+          batch: list[Upload], detection: bool) -> list[Upload]:
+    """One ``images/files`` batch; a detection image goes up with its boxes in its entry (and
+    no image-level tag: the service tags it with its regions' tags)."""
     from visionpipe.client.client import ClientError
 
+    files = [(u.path.name, u.data, [] if detection else [tag_ids[t] for t in u.tags])
+             for u in batch]
+    regions = [[{"tagId": tag_ids[r.tag], "left": r.left, "top": r.top, "width": r.width,
+                 "height": r.height} for r in u.regions] for u in batch] if detection else None
     try:
-        results = client.upload_files(project_id, [
-            (u.path.name, u.data, [tag_ids[t] for t in u.tags]) for u in batch])
+        results = client.upload_files(project_id, files, regions)
     except ClientError as e:
         if e.status in (0, 401, 404):
             raise
@@ -292,69 +323,117 @@ def _send(client: VisionpipeClient, project_id: str, tag_ids: dict[str, str],
     return batch
 
 
+def _is_detection(project: dict[str, Any]) -> bool:
+    """An object detection project (its domain's type), from the project the API answers."""
+    from visionpipe.domains import is_detection_domain
+
+    return is_detection_domain(str((project.get("settings") or {}).get("domainId") or ""))
+
+
+def _upload_summary(done: list[Upload], detection: bool, title: str) -> Table:
+    """Per tag: images uploaded / duplicate / rejected (and, for a detector, boxes uploaded)."""
+    from rich.table import Table
+
+    summary = Table(title=title)
+    columns = ("tag", "uploaded", "duplicate", "rejected", *(("boxes",) if detection else ()))
+    for column in columns:
+        summary.add_column(column, justify="left" if column == "tag" else "right")
+    none = "(no boxes)" if detection else "(no tag)"
+    for tag in sorted({t for u in done for t in (u.tags or [none])}):
+        rows = [u for u in done if tag in (u.tags or [none])]
+        cells = [str(sum(u.outcome == o for u in rows))
+                 for o in ("uploaded", "duplicate", "rejected")]
+        if detection:
+            cells.append(str(sum(r.tag == tag for u in rows if u.outcome == "uploaded"
+                                 for r in u.regions)))
+        summary.add_row(tag, *cells)
+    return summary
+
+
 @app.command()
 @friendly
 def upload(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False,
-                                           help="DIR/TAG/IMAGE files")],
+                                           help="DIR/TAG/IMAGE files, or a CSV, COCO, Pascal "
+                                                "VOC or YOLO dataset")],
     project: Annotated[str, typer.Option("--project", "-p", help="project name or id")],
     multilabel: bool = typer.Option(False, help="create the project as multilabel"),
+    detection: bool = typer.Option(False, "--detection",
+                                   help="create the project as object detection (General "
+                                        "domain): the boxes go up as regions"),
     workers: int = typer.Option(4, min=1, max=16, help="batches in flight"),
     as_json: bool = typer.Option(False, "--json", help="one JSON row per file"),
-    fmt: str = typer.Option("folder", "--format", "-f",
-                            help="folder (DIR/TAG/IMAGE), csv, coco, voc or yolo"),
+    fmt: str | None = typer.Option(None, "--format", "-f",
+                                   help="folder (DIR/TAG/IMAGE), csv, coco, voc or yolo "
+                                        "(default: told by the files)"),
 ) -> None:
-    """Upload a dataset folder (default: one sub-folder per tag), in parallel batches of 64."""
+    """Upload a dataset folder (one sub-folder per tag, or a labelled dataset), in parallel
+    batches of 64; an object detection project gets the boxes of COCO, VOC or YOLO files."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-    from rich.table import Table
 
+    from visionpipe.client import datasets
     from visionpipe.client.client import MAX_BATCH
+    from visionpipe.domains import GENERAL_DETECTION_DOMAIN_ID
 
+    if multilabel and detection:
+        raise ValueError("--multilabel is for classification projects; an object detection "
+                         "project (--detection) has no classification type")
+    console = _console(stderr=as_json)
     client = _settings().client()
     found = client.find_project(project)
-    created = found is None
-    proj = found or client.create_project(project, multilabel=multilabel)
-    is_multilabel = proj.get("settings", {}).get("classificationType") == "Multilabel"
+    if found is not None and detection and not _is_detection(found):
+        raise ValueError(f"project {found['name']!r} exists as a classification project: "
+                         "--detection only sets the type of a new project")
+    is_detection = _is_detection(found) if found is not None else detection
+    if fmt is None:
+        fmt = datasets.detect_format(folder)
+        if fmt != "folder" and not as_json:  # one sub-folder per tag stays the quiet default
+            console.print(f"reading {folder} as {fmt} (--format to choose)")
+    datasets.check_format(fmt)
+    if is_detection and fmt not in datasets.BOX_FORMATS:
+        raise ValueError(f"an object detection project takes boxes: {folder} is {fmt}, use a "
+                         f"{', '.join(datasets.BOX_FORMATS)} dataset")
+    is_multilabel = multilabel if found is None else \
+        found.get("settings", {}).get("classificationType") == "Multilabel"
     if fmt == "folder":
-        pending, refused = _scan(folder, is_multilabel or multilabel)
+        pending, refused = _scan(folder, is_multilabel)
     else:
-        pending, refused = _scan_dataset(folder, fmt, console=_console(stderr=True))
+        pending, refused = _scan_dataset(folder, fmt, is_detection,
+                                         console=_console(stderr=True))
+    proj = found or client.create_project(
+        project, multilabel=multilabel,
+        domain_id=GENERAL_DETECTION_DOMAIN_ID if detection else None)
     tag_ids = {t["name"].casefold(): t["id"] for t in client.list_tags(proj["id"])}
-    for name in sorted({t for u in pending for t in u.tags}):
+    wanted = {t for u in pending for t in u.tags} | {r.tag for u in pending for r in u.regions}
+    for name in sorted(wanted):
         if name.casefold() not in tag_ids:
             tag_ids[name.casefold()] = client.create_tag(proj["id"], name)["id"]
-    tag_ids.update({name: tag_ids[name.casefold()] for u in pending for name in u.tags})
+    tag_ids.update({name: tag_ids[name.casefold()] for name in wanted})
 
     batches = [pending[i:i + MAX_BATCH] for i in range(0, len(pending), MAX_BATCH)]
-    console = _console(stderr=as_json)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=as_json) as progress, \
             ThreadPoolExecutor(workers) as pool:
         task = progress.add_task(f"uploading to {proj['name']}", total=len(pending))
-        futures = [pool.submit(_send, client, proj["id"], tag_ids, b) for b in batches]
+        futures = [pool.submit(_send, client, proj["id"], tag_ids, b, is_detection)
+                   for b in batches]
         for future in as_completed(futures):
             progress.advance(task, len(future.result()))
     done = pending + refused
 
     if as_json:
-        _print_json([{"file": str(u.path), "tags": u.tags, "outcome": u.outcome,
-                      "status": u.status, "reason": u.reason, "imageId": u.image_id}
-                     for u in done])
+        _print_json([u.row() for u in done])
         return
-    if created:
-        console.print(f"created project {proj['name']} ({proj['id']})")
-    summary = Table(title=f"upload to {proj['name']}")
-    for column in ("tag", "uploaded", "duplicate", "rejected"):
-        summary.add_column(column, justify="left" if column == "tag" else "right")
-    for tag in sorted({t for u in done for t in (u.tags or ["(no tag)"])}):
-        rows = [u for u in done if tag in (u.tags or ["(no tag)"])]
-        summary.add_row(tag, *(str(sum(u.outcome == o for u in rows))
-                               for o in ("uploaded", "duplicate", "rejected")))
-    console.print(summary)
+    if found is None:
+        kind = "object detection project" if is_detection else "project"
+        console.print(f"created {kind} {proj['name']} ({proj['id']})")
+    console.print(_upload_summary(done, is_detection, f"upload to {proj['name']}"))
     known = STATUS_REASONS["OKDuplicate"]
     noted = [u for u in done
              if u.outcome == "rejected" or (u.outcome == "duplicate" and u.reason != known)]
     if noted:  # duplicates already in the project are only counted: re-uploading is normal
+        from rich.table import Table
+
         details = Table(title="not uploaded")
         for column in ("file", "outcome", "status", "reason"):
             details.add_column(column, overflow="fold")
@@ -362,7 +441,9 @@ def upload(
             details.add_row(str(u.path.relative_to(folder)), u.outcome, u.status, u.reason)
         console.print(details)
     counts = {o: sum(u.outcome == o for u in done) for o in ("uploaded", "duplicate", "rejected")}
-    console.print(", ".join(f"{n} {o}" for o, n in counts.items()))
+    boxes = (f", {sum(len(u.regions) for u in done if u.outcome == 'uploaded')} boxes"
+             if is_detection else "")
+    console.print(", ".join(f"{n} {o}" for o, n in counts.items()) + boxes)
 
 
 # --- train and status ---------------------------------------------------------------------------
@@ -402,7 +483,7 @@ def _watch(client: VisionpipeClient, project_id: str, iteration_id: str, interva
 @app.command()
 @friendly
 def train(
-    project: Annotated[str, typer.Argument(help="project name or id")],
+    project: ProjectArg,
     advanced: bool = typer.Option(False, "--advanced", help="Advanced training (longer)"),
     budget_hours: int = typer.Option(0, "--budget-hours", min=0,
                                      help="Advanced: reserved budget in hours"),
@@ -423,7 +504,7 @@ def train(
 @app.command()
 @friendly
 def status(
-    project: Annotated[str, typer.Argument(help="project name or id")],
+    project: ProjectArg,
     iteration: str | None = typer.Option(None, "--iteration", "-i", help="name or id"),
     watch: bool = typer.Option(False, "--watch", "-w", help="follow training until it ends"),
     interval: float = typer.Option(1.0, help="--watch: seconds between polls"),
@@ -471,7 +552,7 @@ def status(
 @app.command()
 @friendly
 def cancel(
-    project: Annotated[str, typer.Argument(help="project name or id")],
+    project: ProjectArg,
     iteration: str | None = typer.Option(None, "--iteration", "-i",
                                          help="name or id (default: the one in progress)"),
     as_json: bool = typer.Option(False, "--json"),
@@ -502,15 +583,19 @@ def cancel(
 @app.command()
 @friendly
 def metrics(
-    project: Annotated[str, typer.Argument(help="project name or id")],
+    project: ProjectArg,
     iteration: str | None = typer.Option(None, "--iteration", "-i",
                                          help="name or id (default: newest trained)"),
     threshold: float = typer.Option(0.5, min=0.0, max=1.0),
+    overlap: float = typer.Option(DEFAULT_OVERLAP, min=0.0, max=1.0,
+                                  help="object detection: the IoU a predicted box needs with a "
+                                       "true one to count (overlapThreshold)"),
     out: Annotated[Path, typer.Option(help="folder for the PR-curve and confusion-matrix PNGs")
                    ] = Path("."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Per-tag precision / recall / AP, and the evaluation plots downloaded next to you."""
+    """Per-tag precision / recall / AP (object detection: AP at --overlap, and mAP), and the
+    evaluation plots downloaded next to you."""
     from rich.table import Table
 
     from visionpipe.client.client import ClientError
@@ -518,7 +603,9 @@ def metrics(
     client = _settings().client()
     proj = client.project(project)
     it = _iteration(client, proj, iteration, completed=True)
-    perf = client.performance(proj["id"], it["id"], threshold)
+    detection = _is_detection(proj)
+    perf = client.performance(proj["id"], it["id"], threshold,
+                              overlap if detection else None)
     plots: dict[str, str | None] = {}
     out.mkdir(parents=True, exist_ok=True)
     for name in ("pr_curve.png", "confusion_matrix.png"):
@@ -537,16 +624,20 @@ def metrics(
                   if k in p}
     if as_json:
         _print_json({"project": proj["name"], "iteration": it["name"], "iterationId": it["id"],
-                     "threshold": threshold, **perf, "evaluation": evaluation, "plots": plots})
+                     "threshold": threshold,
+                     **({"overlapThreshold": overlap} if detection else {}), **perf,
+                     "evaluation": evaluation, "plots": plots})
         return
-    table = Table(title=f"{proj['name']} {it['name']} at threshold {threshold:g}")
+    at = f"threshold {threshold:g}" + (f", overlap {overlap:g}" if detection else "")
+    table = Table(title=f"{proj['name']} {it['name']} at {at}")
     for column in ("tag", "precision", "recall", "AP"):
         table.add_column(column, justify="left" if column == "tag" else "right")
     for t in perf.get("perTagPerformance", []):
         table.add_row(t["name"], f"{t['precision']:.1%}", f"{t['recall']:.1%}",
                       f"{t['averagePrecision']:.1%}")
     table.add_section()
-    table.add_row("[bold]overall[/]", f"{perf['precision']:.1%}", f"{perf['recall']:.1%}",
+    table.add_row("[bold]overall (mAP)[/]" if detection else "[bold]overall[/]",
+                  f"{perf['precision']:.1%}", f"{perf['recall']:.1%}",
                   f"{perf['averagePrecision']:.1%}")
     console = _console()
     console.print(table)
@@ -565,8 +656,8 @@ def metrics(
 @app.command()
 @friendly
 def publish(
-    project: Annotated[str, typer.Argument(help="project name or id")],
-    iteration: Annotated[str, typer.Option("--iteration", "-i", help="name or id")],
+    project: ProjectArg,
+    iteration: IterationOpt,
     name: Annotated[str, typer.Option("--name", "-n", help="publish name prediction calls use")],
     overwrite: bool = typer.Option(False, help="move the name from another iteration"),
 ) -> None:
@@ -581,8 +672,8 @@ def publish(
 @app.command()
 @friendly
 def export(
-    project: Annotated[str, typer.Argument(help="project name or id")],
-    iteration: Annotated[str, typer.Option("--iteration", "-i", help="name or id")],
+    project: ProjectArg,
+    iteration: IterationOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="a folder (or a file name) to write "
                                       "the export to")],
     platform: Annotated[str, typer.Option("--platform", "-p", help="ONNX, OpenVino, "
@@ -613,11 +704,29 @@ def export(
                f"{' ' + exported['flavor'] if exported.get('flavor') else ''})")
     parity = exported.get("parity")
     if parity:
-        typer.echo(f"parity on {parity.get('images')} golden images ({parity.get('runtime')}): "
-                   f"top-1 agreement {parity.get('top1Agreement', 0):.0%} "
-                   f"({parity.get('tiesSkipped', 0)} near-ties skipped), max |prob diff| "
-                   f"{parity.get('maxAbsProbDiff', 0):.2e} <= tolerance "
-                   f"{parity.get('tolerance')}")
+        typer.echo(parity_line(parity))
+
+
+def parity_line(parity: dict[str, Any]) -> str:
+    """The export's parity record in one line, in its own terms: boxes for a detector, nothing
+    claimed where the runtime could not run the export (CoreML off Apple platforms)."""
+    if parity.get("kind") == "detection":
+        return (f"detection parity on {parity.get('images')} golden scenes "
+                f"({parity.get('runtime')}): {parity.get('detectionsMatched')} boxes matched "
+                f"({parity.get('tiesSkipped', 0)} ties skipped), min IoU "
+                f"{parity.get('minIoU', 0):.4f}, max |score diff| "
+                f"{parity.get('maxScoreDiff', 0):.2e}")
+    if parity.get("passed") is None:
+        line = (f"parity not measured here: {parity.get('runtime')}; verify with "
+                f"{parity.get('verifiedBy')}")
+        source = parity.get("intermediate")
+        if isinstance(source, dict):
+            line += f"; the converter's source graph: {parity_line(source)}"
+        return line
+    return (f"parity on {parity.get('images')} golden images ({parity.get('runtime')}): "
+            f"top-1 agreement {parity.get('top1Agreement', 0):.0%} "
+            f"({parity.get('tiesSkipped', 0)} near-ties skipped), max |prob diff| "
+            f"{parity.get('maxAbsProbDiff', 0):.2e} <= tolerance {parity.get('tolerance')}")
 
 
 def _wait_for_export(client: Any, project_id: str, iteration_id: str, export: dict[str, Any],
@@ -636,74 +745,141 @@ def _wait_for_export(client: Any, project_id: str, iteration_id: str, export: di
 
 
 # --- predict and quarantine ---------------------------------------------------------------------
-def _images(target: Path) -> Iterator[Path]:
+def _images(target: Path, skip: Path | None = None) -> Iterator[Path]:
+    """The images of ``target`` (a file or a folder), leaving out hidden ones and ``skip`` (the
+    --annotate folder when it lies inside: a re-run must not predict on its own drawings)."""
     if target.is_file():
         yield target
         return
-    yield from sorted(p for p in target.rglob("*") if p.is_file()
-                      and p.suffix.lower() in IMAGE_SUFFIXES
-                      and not any(part.startswith(".") for part in p.relative_to(target).parts))
+    for p in sorted(p for p in target.rglob("*") if p.is_file()
+                    and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(target).parts)):
+        if skip is None or not p.resolve().is_relative_to(skip):
+            yield p
+
+
+def _annotate_folder(target: Path, annotate: Path | None) -> Path | None:
+    """The resolved --annotate folder; refused where a drawing would overwrite an input."""
+    if annotate is None:
+        return None
+    out = annotate.resolve()
+    source = target.resolve() if target.is_dir() else target.resolve().parent
+    if out == source:
+        raise ValueError(f"--annotate {annotate} is where the images are: the drawings would "
+                         "overwrite them; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--annotate {annotate} is a file, not a folder")
+    return out
+
+
+def _box_text(box: dict[str, Any]) -> str:
+    return (f"x {box['left']:.3f}  y {box['top']:.3f}  w {box['width']:.3f}  "
+            f"h {box['height']:.3f}")
+
+
+def _prediction_table(rows: list[dict[str, Any]], target: Path, title: str, detection: bool,
+                      top: int, threshold: float) -> Table:
+    """Classification: one row per file with its top tags. Detection: one row per box at or
+    above the display threshold (file named on its first), a file without any says so."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("file", overflow="fold")
+    if detection:
+        for column in ("tag", "probability", "box (fractions of the image)"):
+            table.add_column(column, justify="right" if column == "probability" else "left")
+    else:
+        for k in range(top):
+            table.add_column(f"#{k + 1}")
+    for row in rows:
+        shown = str(Path(row["file"]).relative_to(target) if target.is_dir() else row["file"])
+        if "error" in row:
+            table.add_row(shown, f"[red]{row['error']['code']}: {row['error']['message']}[/]")
+        elif not detection:
+            table.add_row(shown, *(f"{p['tagName']} {p['probability']:.1%}"
+                                   for p in row["predictions"][:top]))
+        elif not row["boxes"]:
+            table.add_row(shown, f"(no box at or above {threshold:.0%})", "", "")
+        else:
+            for n, b in enumerate(row["boxes"]):
+                table.add_row(shown if n == 0 else "", str(b["tagName"]),
+                              f"{b['probability']:.1%}", _box_text(b["boundingBox"]))
+    return table
 
 
 @app.command()
 @friendly
 def predict(
-    project: Annotated[str, typer.Argument(help="project name or id")],
+    project: ProjectArg,
     target: Annotated[Path, typer.Argument(exists=True, help="an image or a folder of images")],
     name: str | None = typer.Option(None, "--name", "-n",
                                     help="publish name (default: the newest published)"),
-    top: int = typer.Option(3, min=1, help="tags shown per file"),
+    top: int = typer.Option(3, min=1, help="classification: tags shown per file"),
+    threshold: float = typer.Option(0.5, min=0.0, max=1.0,
+                                    help="object detection: show boxes of at least this "
+                                         "probability (the API answers down to 1%)"),
+    annotate: Annotated[Path | None, typer.Option(
+        "--annotate", help="object detection: write a copy of each image with its boxes and "
+                           "labels drawn into this folder")] = None,
     workers: int = typer.Option(4, min=1, max=16),
     as_json: bool = typer.Option(False, "--json", help="one JSON row per file"),
 ) -> None:
-    """Classify with a published iteration (nothing is stored); a table of the top tags."""
-    from rich.table import Table
-
+    """Classify or detect with a published iteration (nothing is stored): a table of the top
+    tags per file, or of the boxes found in it."""
     from visionpipe.client.client import ClientError
 
     client = _settings().client()
     proj = client.project(project)
+    detection = _is_detection(proj)
+    if annotate is not None and not detection:
+        raise ValueError(f"--annotate draws boxes: {proj['name']!r} is a classification project")
+    out = _annotate_folder(target, annotate)
     if name is None:
         published = [it for it in client.list_iterations(proj["id"]) if it.get("publishName")]
         if not published:
             raise ClientError(404, "NotFoundIteration", f"project {proj['name']!r} has no "
                               "published iteration (visionpipe publish)")
         name = str(published[0]["publishName"])
-    files = list(_images(target))
+    files = list(_images(target, out))
     if not files:
         raise ValueError(f"no images in {target}")
+    call = client.detect if detection else client.classify
 
     def one(path: Path) -> dict[str, Any]:
+        data = path.read_bytes()
         try:
-            result = client.classify(proj["id"], name, path.read_bytes())
+            result = call(proj["id"], name, data)
         except ClientError as e:
             if e.status in (0, 401, 404):
                 raise
             return {"file": str(path), "error": {"code": e.code, "message": e.message}}
         predictions = sorted(result.get("predictions", []), key=lambda p: -p["probability"])
         best = predictions[0] if predictions else {}
-        return {"file": str(path), "tagName": best.get("tagName"),
-                "probability": best.get("probability"), "predictions": predictions,
-                "id": result.get("id"), "iteration": result.get("iteration"),
-                "publishName": name}
+        row = {"file": str(path), "tagName": best.get("tagName"),
+               "probability": best.get("probability"), "predictions": predictions,
+               "id": result.get("id"), "iteration": result.get("iteration"),
+               "publishName": name}
+        if detection:
+            row["threshold"] = threshold
+            row["boxes"] = [p for p in predictions if p["probability"] >= threshold]
+            if out is not None:
+                from visionpipe.client.drawing import draw_boxes, save_like
+
+                rel = path.relative_to(target) if target.is_dir() else Path(path.name)
+                row["annotated"] = str(save_like(draw_boxes(data, row["boxes"]), out / rel))
+        return row
 
     with ThreadPoolExecutor(workers) as pool:
         rows = list(pool.map(one, files))
     if as_json:
         _print_json(rows)
     else:
-        table = Table(title=f"{proj['name']} / {name}")
-        table.add_column("file", overflow="fold")
-        for k in range(top):
-            table.add_column(f"#{k + 1}")
-        for row in rows:
-            if "error" in row:
-                cells = [f"[red]{row['error']['code']}: {row['error']['message']}[/]"]
-            else:
-                cells = [f"{p['tagName']} {p['probability']:.1%}" for p in row["predictions"][:top]]
-            table.add_row(str(Path(row["file"]).relative_to(target) if target.is_dir()
-                              else row["file"]), *cells)
-        _console().print(table)
+        console = _console()
+        console.print(_prediction_table(rows, target, f"{proj['name']} / {name}", detection, top,
+                                        threshold))
+        if out is not None:
+            drawn = sum("annotated" in row for row in rows)
+            console.print(f"{drawn} annotated image(s) in {annotate}")
     if any("error" in row for row in rows):
         raise typer.Exit(1)
 
@@ -711,7 +887,7 @@ def predict(
 @app.command()
 @friendly
 def quarantine(
-    project: Annotated[str, typer.Argument(help="project name or id")],
+    project: ProjectArg,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """What the drop folders rejected for this project, and why (files kept in quarantine/)."""
@@ -746,7 +922,7 @@ app.add_typer(dataset, name="dataset")
 @dataset.command("export")
 @friendly
 def dataset_export(
-    project: Annotated[str, typer.Argument(help="project name or id")],
+    project: ProjectArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write")],
     fmt: str = typer.Option("folder", "--format", "-f", help="folder, csv, coco, voc or yolo"),
 ) -> None:

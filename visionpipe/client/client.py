@@ -9,7 +9,7 @@ visionpipe's extension routes (quarantine, progress, plots). Every failure surfa
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -19,6 +19,8 @@ PREDICTION = "/customvision/v3.1/prediction"
 EXTENSION = "/visionpipe/v1"
 MAX_BATCH = 64  # images per upload batch (the service's limit)
 DEFAULT_ENDPOINT = "http://127.0.0.1:7071"
+#: one box of an upload entry: ``{tagId, left, top, width, height}`` (fractions, top-left origin)
+RegionEntry = Mapping[str, Any]
 
 
 class ClientError(Exception):
@@ -128,18 +130,25 @@ class VisionpipeClient:
         return self._json("POST", f"{TRAINING}/projects/{project_id}/tags", params=params)
 
     # --- images ---------------------------------------------------------------------------------
-    def upload_files(self, project_id: str, files: Sequence[tuple[str, bytes, Sequence[str]]]
+    def upload_files(self, project_id: str, files: Sequence[tuple[str, bytes, Sequence[str]]],
+                     regions: Sequence[Sequence[RegionEntry]] | None = None
                      ) -> list[dict[str, Any]]:
         """One ``images/files`` batch of (name, bytes, tag ids); the per-image results in order.
 
+        ``regions`` (object detection projects), one list per file: the boxes that go up with
+        the image in its entry (Custom Vision's ``ImageFileCreateEntry.regions``), so an image
+        and its boxes land together or not at all.
         A 207 (some images refused) is an answer, not an error: the results say which and why.
         """
         if not 0 < len(files) <= MAX_BATCH:
             raise ValueError(f"a batch holds 1 to {MAX_BATCH} images, not {len(files)}")
+        if regions is not None and len(regions) != len(files):
+            raise ValueError(f"{len(regions)} region lists for {len(files)} images")
         body = {"images": [
             {"name": name, "contents": base64.b64encode(data).decode("ascii"),
-             "tagIds": list(tag_ids)}
-            for name, data, tag_ids in files
+             "tagIds": list(tag_ids),
+             **({"regions": [dict(r) for r in regions[n]]} if regions and regions[n] else {})}
+            for n, (name, data, tag_ids) in enumerate(files)
         ]}
         summary = self._json("POST", f"{TRAINING}/projects/{project_id}/images/files", json=body)
         return list(summary.get("images") or [])
@@ -184,10 +193,15 @@ class VisionpipeClient:
     def get_iteration(self, project_id: str, iteration_id: str) -> dict[str, Any]:
         return self._json("GET", f"{TRAINING}/projects/{project_id}/iterations/{iteration_id}")
 
-    def performance(self, project_id: str, iteration_id: str,
-                    threshold: float = 0.5) -> dict[str, Any]:
+    def performance(self, project_id: str, iteration_id: str, threshold: float = 0.5,
+                    overlap: float | None = None) -> dict[str, Any]:
+        """``IterationPerformance`` at ``threshold``; for a detector also at ``overlap`` (the
+        IoU a predicted box needs with a true one to count: ``overlapThreshold``)."""
+        params: dict[str, Any] = {"threshold": threshold}
+        if overlap is not None:
+            params["overlapThreshold"] = overlap
         return self._json("GET", f"{TRAINING}/projects/{project_id}/iterations/{iteration_id}"
-                                 "/performance", params={"threshold": threshold})
+                                 "/performance", params=params)
 
     def publish(self, project_id: str, iteration_id: str, publish_name: str,
                 prediction_id: str = "local", overwrite: bool = False) -> bool:
@@ -242,5 +256,12 @@ class VisionpipeClient:
         """``classify/iterations/{name}/image/nostore``: a CLI check should not fill the
         prediction store."""
         return self._json("POST", f"{PREDICTION}/{project_id}/classify/iterations/{publish_name}"
+                                  "/image/nostore", key="prediction", content=data,
+                          headers={"Content-Type": "application/octet-stream"})
+
+    def detect(self, project_id: str, publish_name: str, data: bytes) -> dict[str, Any]:
+        """``detect/iterations/{name}/image/nostore``: ``predictions`` of ``{probability, tagId,
+        tagName, boundingBox}``, best first (nothing stored, as :meth:`classify`)."""
+        return self._json("POST", f"{PREDICTION}/{project_id}/detect/iterations/{publish_name}"
                                   "/image/nostore", key="prediction", content=data,
                           headers={"Content-Type": "application/octet-stream"})

@@ -12,11 +12,11 @@ Five formats, one in-memory shape (:class:`Item`: a file name, its bytes, its ta
 ``yolo``    ``DIR/images/NAME.jpg``, ``DIR/labels/NAME.txt`` (``class cx cy w h``, fractions) and
             ``DIR/classes.txt``.
 
-The three detection formats have no image-level label. visionpipe's projects are classifiers
-today, so on export an image's tag is written as a box covering the whole image (the convention
-several labelling tools use for image-level labels), and boxes the API returns (``regions``)
-are written as they are. On import an image carries the tags of its boxes; the boxes are kept
-in :attr:`Item.regions` for the caller to report, because the API stores no regions yet.
+The three detection formats have no image-level label. On export a classification image's tag
+is written as a box covering the whole image (the convention several labelling tools use for
+image-level labels), and boxes the API returns (``regions``) are written as they are. On import
+the boxes are kept in :attr:`Item.regions`: an object detection project receives them as
+regions, a classification project the tags of the boxes (:attr:`Item.tags`).
 
 The parsing is :mod:`visionpipe.annotations` (the drop folder's hostile-input-safe parsers); this
 module only walks folders and writes files. Nothing here speaks HTTP: the CLI moves the items.
@@ -47,6 +47,8 @@ from visionpipe.annotations import (
 from visionpipe.rejections import Rejected
 
 FORMATS = ("folder", "csv", "coco", "voc", "yolo")
+#: the formats that hold boxes (an object detection project takes only these)
+BOX_FORMATS = ("coco", "voc", "yolo")
 CSV_NAME = "labels.csv"
 COCO_NAME = "annotations.json"
 IMAGES = "images"
@@ -77,6 +79,34 @@ def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}; one of {', '.join(FORMATS)}")
     return fmt
+
+
+def detect_format(folder: Path) -> str:
+    """The format a dataset folder is in, from the files that only that format has (so
+    ``upload`` needs no ``--format`` for a folder as a labelling tool wrote it).
+
+    In order: a COCO file (``annotations.json``, or one ``*.json`` at the top), YOLO class
+    names (``classes.txt`` / ``data.yaml``), a CSV of labels, a Pascal VOC ``.xml`` beside an
+    image (or in ``Annotations/``); otherwise one sub-folder per tag. Two candidates at once
+    (say a COCO file and YOLO classes) is ambiguous: refused, so ``--format`` must choose.
+    """
+    top = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    files = {p.name.lower(): p for p in top if p.is_file()}
+    found = []
+    if COCO_NAME in files or len([n for n in files if n.endswith(".json")]) == 1:
+        found.append("coco")
+    if CLASSES_TXT in files or any(n in files for n in DATA_YAML_NAMES):
+        found.append("yolo")
+    if CSV_NAME in files or len([n for n in files if n.endswith(".csv")]) == 1:
+        found.append("csv")
+    if not found and any(p.with_suffix(".xml").is_file()
+                         or (p.parent.parent / "Annotations" / (p.stem + ".xml")).is_file()
+                         for p in _images(folder)):
+        found.append("voc")
+    if len(found) > 1:
+        raise ValueError(f"{folder} looks like {' and '.join(found)} at once: say which with "
+                         "--format")
+    return found[0] if found else "folder"
 
 
 def extension(data: bytes) -> str:

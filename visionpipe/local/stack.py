@@ -3,7 +3,9 @@ stack").
 
 Azurite, the local Functions host (127.0.0.1:7071), the Event Grid bridge and the training worker
 each run as their own process group, with logs and pids under ``.local/``. ``up`` returns once
-``GET /health`` answers 200.
+``GET /health`` answers 200. With ``LOCAL_EVENT_WEBHOOKS`` set in ``local.settings.json``, the
+webhook delivery (:mod:`visionpipe.local.webhooks`) runs too: the lifecycle events reach those
+webhooks as an Event Grid subscription would deliver them in Azure.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ def _spawn(name: str, args: list[str], env: dict[str, str]) -> int:
     return process.pid
 
 
+def webhooks_wanted(env: dict[str, str]) -> bool:
+    """Whether the settings declare a local webhook subscription (LOCAL_EVENT_WEBHOOKS)."""
+    from visionpipe import names
+
+    return bool(env.get(names.SETTING_LOCAL_EVENT_WEBHOOKS, "").strip())
+
+
 def _port_open(port: int) -> bool:
     try:
         wait_for_port(port, timeout=0.2)
@@ -111,6 +120,8 @@ def up(timeout: float = 90.0) -> None:
         # export-requests: conversions to other platforms (training_job.export_worker)
         running["exporter"] = _spawn("exporter", [python, "-m", "training_job.export_worker",
                                                   "--watch"], env)
+    if "webhooks" not in running and webhooks_wanted(env):
+        running["webhooks"] = _spawn("webhooks", [python, "-m", "visionpipe.local.webhooks"], env)
     PIDS.write_text(json.dumps(running, indent=2))
 
     deadline = time.monotonic() + timeout

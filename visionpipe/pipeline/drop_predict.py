@@ -10,6 +10,11 @@ input is kept in quarantine with the same reason; nothing is dropped silently. A
 problem (a model that does not load) is answered in the result file and the input stays where it
 is, so it can be dropped again once the model is fixed.
 
+An object detection project's published iteration answers boxes (``boundingBox`` per
+prediction, best first, Custom Vision's shape). With ``DROP_PREDICT_ANNOTATED_IMAGES`` set to
+true, the picture with its boxes drawn (those of at least 50%) is written beside the JSON as
+``predictions/{project name}/{name}.{ext}.annotated.jpg``.
+
 Event Grid delivers at least once: the prediction id comes from the blob's path and ETag, so a
 redelivery writes the same result blob and the same prediction-store row again (nothing is
 doubled); a redelivery after a quarantine finds nothing to do. The handler costs two storage round
@@ -18,16 +23,20 @@ trips on the happy path (download; result blob and store row written in parallel
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContentSettings
+from PIL import Image, ImageDraw, ImageOps
 
 from visionpipe import names
 from visionpipe.blob_names import is_safe_blob_name, unsafe_reason
@@ -35,6 +44,7 @@ from visionpipe.pipeline import lifecycle_events
 from visionpipe.pipeline.events import BlobCreated
 from visionpipe.rejections import Reason, Rejection
 from visionpipe.serving.core import (
+    Detection,
     ModelUnavailable,
     NoPublishedIteration,
     PreparedImage,
@@ -50,6 +60,7 @@ from visionpipe.stores.label_store import LabelStore, Project
 from visionpipe.stores.prediction_store import (
     SOURCE_DROP,
     PredictionStore,
+    TagProbability,
 )
 from visionpipe.stores.quarantine import (
     REASON_SUFFIX,
@@ -62,6 +73,14 @@ from visionpipe.timestamps import now_iso
 log = logging.getLogger(__name__)
 
 RESULT_SUFFIX = ".json"
+#: A detection's picture with its boxes drawn (when DROP_PREDICT_ANNOTATED_IMAGES is true).
+ANNOTATED_SUFFIX = ".annotated.jpg"
+#: Boxes below this probability are in the JSON but not drawn (the service answers boxes down to
+#: a 1% floor, like Custom Vision; a picture of all of them would be unreadable).
+ANNOTATED_MIN_PROBABILITY = 0.5
+ANNOTATED_MAX_SIDE = 1600  # the drawn picture's longest side, in pixels
+BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+               (70, 240, 240), (240, 50, 230), (128, 128, 0))
 _ID_NAMESPACE = uuid.UUID("0b7f5d0e-3c2a-4f59-9a51-6c1e2d7f8a90")
 _SOURCE_ETAG = "sourceetag"  # result blob metadata: the input version the result answers
 #: How long a drop folder's project name -> project lookup is reused (a rename or delete through
@@ -100,6 +119,57 @@ def drop_prediction_id(path: str, etag: str) -> str:
 
 def result_path(path: str) -> str:
     return path + RESULT_SUFFIX
+
+
+def annotated_path(path: str) -> str:
+    """Where a detection's annotated picture goes, beside its JSON (inside ``predictions``)."""
+    return path + ANNOTATED_SUFFIX
+
+
+def detection_result(detection: Detection, prediction_id: str) -> PredictionResult:
+    """Custom Vision's ``ImagePrediction`` of a detector: boxes, best first."""
+    return PredictionResult(
+        id=prediction_id, project_id=detection.project_id,
+        iteration_id=detection.iteration_id, created=datetime.now(UTC),
+        predictions=tuple(
+            TagProbability(box.probability, tag_id, tag_name,
+                           (box.left, box.top, box.width, box.height))
+            for box, tag_id, tag_name in detection.ranked()),
+    )
+
+
+def draw_boxes(data: bytes, predictions: Sequence[TagProbability], *,
+               min_probability: float = ANNOTATED_MIN_PROBABILITY,
+               max_side: int = ANNOTATED_MAX_SIDE) -> bytes:
+    """The (already validated) picture, upright, at most ``max_side`` pixels a side, with the
+    boxes of at least ``min_probability`` drawn and labelled ``tag probability%``; as JPEG.
+
+    Boxes are fractions of the upright picture (the detector sees it upright), so they are drawn
+    on the EXIF-rotated picture, scaled to its size.
+    """
+    with Image.open(io.BytesIO(data)) as opened:
+        picture = ImageOps.exif_transpose(opened).convert("RGB")
+    picture.thumbnail((max_side, max_side))
+    width, height = picture.size
+    draw = ImageDraw.Draw(picture)
+    line = max(2, round(min(width, height) / 150))
+    drawn = 0
+    for p in predictions:
+        if p.bounding_box is None or p.probability < min_probability:
+            continue
+        left, top, w, h = p.bounding_box
+        x0, y0 = left * width, top * height
+        colour = BOX_COLOURS[drawn % len(BOX_COLOURS)]
+        drawn += 1
+        draw.rectangle((x0, y0, x0 + w * width, y0 + h * height), outline=colour, width=line)
+        label = f"{p.tag_name[:40]} {p.probability:.0%}"
+        _, text_top, _, text_bottom = draw.textbbox((0, 0), label)
+        at = (x0 + line, max(0.0, y0 - (text_bottom - text_top) - 3))  # above the box if room
+        draw.rectangle(draw.textbbox(at, label), fill=colour)
+        draw.text(at, label, fill=(255, 255, 255))
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=90)
+    return out.getvalue()
 
 
 @dataclass(frozen=True)
@@ -174,7 +244,13 @@ class DropFolderPredictor:
         assert data is not None
 
         try:
-            classification = self.core.classify(project.id, checked)
+            # The published iteration's session decides the answer's kind: boxes or tags.
+            session = self.core.session(project.id, self.core.resolve(project.id).iteration_id)
+            if session.is_detection:
+                result = detection_result(session.detect(checked), prediction_id)
+            else:
+                result = PredictionResult.from_classification(session.classify(checked),
+                                                              prediction_id)
         except NoPublishedIteration:
             return self._reject(path, etag, prediction_id, project.id, Rejection(
                 NO_PUBLISHED_ITERATION,
@@ -190,7 +266,6 @@ class DropFolderPredictor:
             return DropResult(path, DropOutcome.FAILED, result_path(path), prediction_id,
                               MODEL_UNAVAILABLE)
 
-        result = PredictionResult.from_classification(classification, prediction_id)
         publication = self.core.publications(project.id).for_iteration(result.iteration_id)
         publish_name = publication.publish_name if publication else ""
         sha256, fmt = checked.sha256, checked.image.format
@@ -205,6 +280,8 @@ class DropFolderPredictor:
         # The result blob and the stored prediction are independent writes, made together.
         stored = io_pool("drop-results").submit(keep_and_record)
         self._write_result(path, etag, result.to_dict())
+        if self.settings.drop_predict_annotated_images and session.is_detection:
+            self._write_annotated(path, etag, data, result)
         stored.result()
         top = result.predictions[0] if result.predictions else None
         log.info("predict-images/%s -> %s (%.3f) with iteration %s", path,
@@ -235,6 +312,21 @@ class DropFolderPredictor:
             overwrite=True,
             metadata={_SOURCE_ETAG: etag.strip('"')},
             content_settings=ContentSettings(content_type="application/json"),
+        )
+
+    def _write_annotated(self, path: str, etag: str, data: bytes,
+                         result: PredictionResult) -> None:
+        """The picture with its boxes drawn, beside the JSON (``DROP_PREDICT_ANNOTATED_IMAGES``).
+        A picture that will not draw is logged, never fails the prediction already written."""
+        try:
+            jpeg = draw_boxes(data, result.predictions)
+        except (OSError, ValueError) as e:
+            log.warning("predict-images/%s: no annotated picture: %s", path, e)
+            return
+        self._results.upload_blob(
+            annotated_path(path), jpeg, overwrite=True,
+            metadata={_SOURCE_ETAG: etag.strip('"')},
+            content_settings=ContentSettings(content_type="image/jpeg"),
         )
 
     def _reject(self, path: str, etag: str, prediction_id: str, project_id: str | None,

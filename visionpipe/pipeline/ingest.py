@@ -6,6 +6,11 @@ silently skipped. Every step is idempotent, because Event Grid delivers at least
 The name in the event is judged first (:mod:`visionpipe.blob_names`), before any storage call: an
 unsafe name is answered with a reason record alone and its blob is never addressed.
 
+In an object detection project the layout is ``{project}/[{folders}/]{file}``: images are recorded
+untagged and annotation files (Pascal VOC, YOLO, COCO) give them boxes and tags, whichever
+arrives first (:mod:`visionpipe.pipeline.detection_ingest`). An annotation file anywhere else is
+quarantined unread.
+
 Blobs written by the HTTP API carry ``visionpipe_source=api`` (and ``visionpipe_tags``, the tag
 ids). The API writes the blob before the record, so a marked blob without a record is an upload
 that stopped half way: ingest repairs it by recording the image with the tags of its metadata.
@@ -22,8 +27,11 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
 from visionpipe import names
+from visionpipe.annotations import AnnotationBlob, classify_blob
 from visionpipe.blob_names import folder_name_problem, unsafe_reason
 from visionpipe.pipeline import lifecycle_events
+from visionpipe.pipeline.detection_ingest import DetectionDrop, too_big
+from visionpipe.pipeline.detection_ingest import max_bytes as max_annotation_bytes
 from visionpipe.pipeline.events import BlobCreated
 from visionpipe.rejections import Reason, Rejected, Rejection
 from visionpipe.settings import Settings
@@ -54,6 +62,9 @@ class Outcome(StrEnum):
     REPAIRED = "repaired"  # an API upload whose record was missing: recorded from the blob
     QUARANTINED = "quarantined"
     GONE = "gone"  # the blob no longer exists: an earlier delivery handled it
+    # detection projects' annotation files (visionpipe.pipeline.detection_ingest)
+    ANNOTATED = "annotated"  # its boxes were applied to at least one image already here
+    PENDING = "pending"  # checked and kept: its images (or YOLO class names) have not arrived
 
 
 @dataclass(frozen=True)
@@ -79,8 +90,8 @@ def _check_name(kind: str, value: str, path: str) -> None:
         raise Rejected(Reason.BAD_PATH, f"{path!r}: the {kind} folder name {problem}")
 
 
-def parse_training_path(path: str) -> TrainingDropPath:
-    """``{project}/{tag}/{name}``, refusing unsafe names and names the quarantine reserves."""
+def _check_drop_name(path: str) -> None:
+    """Refuse unsafe names and the names the quarantine reserves (both drop layouts)."""
     problem = unsafe_reason(path)
     if problem is not None:
         raise Rejected(Reason.BAD_PATH, f"not a safe blob name: {problem}")
@@ -89,6 +100,11 @@ def parse_training_path(path: str) -> TrainingDropPath:
             Reason.BAD_PATH,
             f"{path!r}: names ending in {REASON_SUFFIX!r} are reserved for quarantine records",
         )
+
+
+def parse_training_path(path: str) -> TrainingDropPath:
+    """``{project}/{tag}/{name}``, refusing unsafe names and names the quarantine reserves."""
+    _check_drop_name(path)
     parts = path.split("/")
     if len(parts) != 3:
         raise Rejected(
@@ -100,6 +116,24 @@ def parse_training_path(path: str) -> TrainingDropPath:
     _check_name("project", project, path)
     _check_name("tag", tag, path)
     return TrainingDropPath(project, tag, name)
+
+
+def parse_detection_path(path: str) -> TrainingDropPath:
+    """``{project}/[{folders}/]{file}`` of an object detection project (docs/ARCHITECTURE.md,
+    "Storage layout (one storage account)"): folders only group files, tags come from the
+    annotations. ``tag`` holds the folder path below the project ("" for none)."""
+    _check_drop_name(path)
+    parts = path.split("/")
+    if len(parts) < 2:
+        raise Rejected(Reason.BAD_PATH, f"{path!r} must be {{project}}/[{{folders}}/]{{file}}")
+    _check_name("project", parts[0], path)
+    return TrainingDropPath(parts[0], "/".join(parts[1:-1]), parts[-1])
+
+
+def _project_of(store: LabelStore, path: str) -> Project | None:
+    """The project a (safe) drop path names by its first segment, if it exists."""
+    first = path.split("/", 1)[0]
+    return store.find_project(first) if folder_name_problem(first) is None else None
 
 
 def ingest_training_blob(blob: BlobCreated, storage: Storage, settings: Settings) -> IngestResult:
@@ -119,14 +153,25 @@ def ingest_training_blob(blob: BlobCreated, storage: Storage, settings: Settings
         return IngestResult(Outcome.QUARANTINED if moved else Outcome.GONE, container, path,
                             rejection=rejection)
 
+    store = LabelStore(storage)
+    project = _project_of(store, path)
+    detection = project is not None and project.detection
     try:
-        drop = parse_training_path(path)
+        drop = parse_detection_path(path) if detection else parse_training_path(path)
     except Rejected as e:
         return reject(e.rejection, None, None)
+    annotation = classify_blob(path)
+    if annotation is not None:
+        if project is None or not project.detection:
+            return reject(Rejection(
+                Reason.UNKNOWN_PROJECT if project is None else Reason.UNSUPPORTED_FORMAT,
+                f"{path!r} is an annotation file ({annotation.kind}); box files are read only in "
+                "an existing object detection project (create it with an object detection "
+                "domain first, then drop images and their box files)"), None, None)
+        return _ingest_annotation(storage, project, annotation, blob, reject)
 
     client = storage.container(container).get_blob_client(path)
     limits = settings.training_limits
-    store = LabelStore(storage)
     try:
         props = client.get_blob_properties()
         metadata = dict(props.metadata or {})
@@ -156,7 +201,6 @@ def ingest_training_blob(blob: BlobCreated, storage: Storage, settings: Settings
         return reject(checked, data, props.etag)
     facts = ImageFacts.of(checked)
 
-    project = store.find_project(drop.project)
     if project is None and from_api:
         # An API upload names an existing project; it was deleted since: keep the bytes.
         return reject(Rejection(Reason.UNKNOWN_PROJECT,
@@ -175,6 +219,9 @@ def ingest_training_blob(blob: BlobCreated, storage: Storage, settings: Settings
     if from_api:
         return _repair_api_upload(store, project, drop, metadata, facts, path,
                                   lambda r: reject(r, data, props.etag))
+    if project.detection:
+        return _ingest_detection_image(storage, project, blob, facts,
+                                       lambda r: reject(r, data, props.etag))
     tag = store.get_or_create_tag(project.id, drop.tag)
     try:
         added = store.add_image(project, tag, facts, path)
@@ -231,3 +278,49 @@ def _repair_api_upload(store: LabelStore, project: Project, drop: TrainingDropPa
                 names.TRAINING_IMAGES, path, outcome, project.id, len(tag_ids),
                 facts.sha256[:12])
     return IngestResult(outcome, names.TRAINING_IMAGES, path, project.id, facts.sha256)
+
+
+# --- object detection projects (visionpipe.pipeline.detection_ingest) -------------------------
+def _ingest_detection_image(storage: Storage, project: Project, blob: BlobCreated,
+                            facts: ImageFacts, reject: Callable[[Rejection], IngestResult]
+                            ) -> IngestResult:
+    """A detection project's image: recorded untagged, then given the boxes waiting for it."""
+    drop = DetectionDrop(storage, LabelStore(storage), project, blob.container, blob.event_id)
+    try:
+        status, applied = drop.image_arrived(blob.path, facts)
+    except Rejected as e:
+        return reject(e.rejection)
+    outcome = Outcome.LABELLED if status == AddStatus.CREATED else Outcome.DUPLICATE
+    log.info("%s/%s: %s (detection project %s, %d annotation file(s) applied, image %s)",
+             blob.container, blob.path, outcome, project.id, applied, facts.sha256[:12])
+    return IngestResult(outcome, blob.container, blob.path, project.id, facts.sha256)
+
+
+def _ingest_annotation(storage: Storage, project: Project, annotation: AnnotationBlob,
+                       blob: BlobCreated,
+                       reject: Callable[[Rejection, bytes | None, str | None], IngestResult]
+                       ) -> IngestResult:
+    """A detection project's annotation file: checked (refused as a whole: quarantined), kept in
+    place, and applied to every image it names that is already here."""
+    container, path = blob.container, blob.path
+    client = storage.container(container).get_blob_client(path)
+    try:
+        props = client.get_blob_properties()
+        if props.size > max_annotation_bytes(annotation.kind):  # refused unread
+            return reject(too_big(annotation.kind, props.size), None, props.etag)
+        data = client.download_blob(
+            etag=props.etag, match_condition=MatchConditions.IfNotModified
+        ).readall()
+    except ResourceNotFoundError:
+        return IngestResult(Outcome.GONE, container, path, project.id)
+    except ResourceModifiedError as e:
+        raise RuntimeError(f"{container}/{path} changed while being read; retry") from e
+    drop = DetectionDrop(storage, LabelStore(storage), project, container, blob.event_id)
+    try:
+        applied = drop.annotation_arrived(annotation, data, str(props.etag))
+    except Rejected as e:
+        return reject(e.rejection, data, props.etag)
+    outcome = Outcome.ANNOTATED if applied else Outcome.PENDING
+    log.info("%s/%s: %s file, %s (applied to %d image(s))", container, path, annotation.kind,
+             outcome, applied)
+    return IngestResult(outcome, container, path, project.id)

@@ -9,7 +9,11 @@ Layout:
 - ``projects``: PartitionKey ``project``, RowKey = project id; plus one name row per project
   (same partition, RowKey ``name-{key of the name}``, column ``id``).
 - ``tags``: PartitionKey = project id, RowKey = tag id; plus one name row per tag (same partition,
-  RowKey ``name-{key}``).
+  RowKey ``name-{key}``). A tag's ``type`` is ``Regular`` or ``Negative`` (Custom Vision's
+  "none of the other tags"); the project's one Negative tag also holds the row
+  ``name-negative`` (column ``id``), written and removed in the same transaction as the tag, so
+  two concurrent requests can never make two Negative tags (the reserved key is no 40-digit
+  name key, and everything that skips name rows skips it).
 - ``images``: PartitionKey = project id, RowKey = sha256 of the bytes. An object detection
   image's regions (at most ``training_rules.MAX_REGIONS_PER_IMAGE``) are JSON in the same row,
   split over the columns ``regions``, ``regions1``, ... (a Table string property holds at most
@@ -26,6 +30,13 @@ removes the tag (project) row, then sweeps the images; an image write records, t
 its tags (project) still exist and undoes what refers to a vanished one. Whatever the
 interleaving, one of the two sees the other, so no image keeps a tag (or a project) that is gone:
 the delete wins, and an upload that raced with it ends up without that tag.
+
+An image carrying the Negative tag carries no other tag (:class:`NegativeTagConflict`): every
+image write that would leave an image with two or more tags reads the ``name-negative`` row and
+refuses inside the image's ETag-guarded read-modify-write, so two concurrent taggings of one
+image cannot both pass. Turning a Regular tag that images share with other tags into the
+Negative tag is refused too; a tagging racing with that type change is caught by the training
+job, which checks the rule again on the snapshot it trains (training_job/dataset.py).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -68,8 +79,33 @@ _LOST_RACE = frozenset({
 })
 
 
+REGULAR_TAG = "Regular"
+NEGATIVE_TAG = "Negative"
+#: Tag types visionpipe stores (Custom Vision's ``GeneralProduct`` is for retail domains it has
+#: not: the API refuses it).
+TAG_TYPES = (REGULAR_TAG, NEGATIVE_TAG)
+_NEGATIVE_KEY = "name-negative"  # the row naming the project's one Negative tag
+
+
 class NameTaken(ValueError):
     """A project or tag name (case-insensitive) that is already in use."""
+
+
+class NegativeTagExists(ValueError):
+    """The project has a Negative tag already (Custom Vision allows one per project)."""
+
+
+class NegativeTagShared(ValueError):
+    """The tag cannot become Negative: some of its images carry other tags too."""
+
+
+class NegativeTagConflict(Rejected):
+    """An image would carry the Negative tag and another tag (Custom Vision's
+    ``ErrorNegativeAndRegularTagOnSameImage``). A ``conflicting_tag`` rejection, so every path
+    that refuses a second tag on a multiclass image refuses this one the same way."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.CONFLICTING_TAG, message)
 
 
 def name_key(name: str) -> str:
@@ -153,6 +189,11 @@ class Tag:
     name: str
     description: str = ""
     created: datetime = field(default_factory=_now)
+    type: str = REGULAR_TAG  # REGULAR_TAG or NEGATIVE_TAG
+
+    @property
+    def negative(self) -> bool:
+        return self.type == NEGATIVE_TAG
 
     @classmethod
     def from_entity(cls, e: dict[str, Any]) -> Tag:
@@ -162,6 +203,7 @@ class Tag:
             name=e["name"],
             description=e.get("description", ""),
             created=e["created"],
+            type=e.get("type") or REGULAR_TAG,
         )
 
 
@@ -286,7 +328,12 @@ def _tag_entity(tag: Tag) -> dict[str, Any]:
         "name": tag.name,
         "description": tag.description,
         "created": tag.created,
+        "type": tag.type,
     }
+
+
+def _negative_row(project_id: str, tag_id: str) -> dict[str, Any]:
+    return {"PartitionKey": project_id, "RowKey": _NEGATIVE_KEY, "id": tag_id}
 
 
 class AddStatus(StrEnum):
@@ -388,6 +435,25 @@ class LabelStore:
         return sorted((Tag.from_entity(r) for r in rows if not _is_name_row(r["RowKey"])),
                       key=lambda t: t.created)
 
+    def negative_tag_id(self, project_id: str) -> str | None:
+        """The id of the project's Negative tag, or None (one point read)."""
+        try:
+            return str(self._tags.get_entity(project_id, _NEGATIVE_KEY)["id"]) or None
+        except ResourceNotFoundError:
+            return None
+
+    def _check_negative(self, project_id: str, tag_ids: tuple[str, ...]) -> None:
+        """Raise :class:`NegativeTagConflict` when ``tag_ids`` (an image's tags to be) hold the
+        Negative tag and another one. Free for one tag or none: no read."""
+        if len(tag_ids) < 2:
+            return
+        negative = self.negative_tag_id(project_id)
+        if negative is not None and negative in tag_ids:
+            tag = self.get_tag(project_id, negative)
+            raise NegativeTagConflict(
+                f"an image tagged {tag.name if tag else 'Negative'!r} (the Negative tag: none of "
+                "the other tags) cannot carry another tag")
+
     # --- images -----------------------------------------------------------------------------
     def add_image(
         self, project: Project, tag: Tag, facts: ImageFacts, blob_path: str
@@ -422,6 +488,7 @@ class LabelStore:
             elif project.multilabel:
                 status = AddStatus.TAG_ADDED
                 tag_ids = (*current.tag_ids, tag.id)
+                self._check_negative(project.id, tag_ids)
             else:
                 raise Rejected(
                     Reason.CONFLICTING_TAG,
@@ -490,6 +557,7 @@ class LabelStore:
         if not project.multilabel and len(tag_ids) > 1:
             raise Rejected(Reason.CONFLICTING_TAG,
                            f"multiclass project {project.name!r}: one image carries one tag")
+        self._check_negative(project.id, tag_ids)
         record = ImageRecord(project.id, facts.sha256, tag_ids,
                              (blob_path,), facts.width, facts.height, facts.format,
                              facts.size_bytes, _now(), metadata, regions)
@@ -511,6 +579,7 @@ class LabelStore:
             if not project.multilabel and r.tag_ids:
                 raise Rejected(Reason.CONFLICTING_TAG,
                                f"multiclass project {project.name!r}: one image carries one tag")
+            self._check_negative(project.id, (*r.tag_ids, tag_id))
             return replace(r, tag_ids=(*r.tag_ids, tag_id))
 
         result = self._change_image(project.id, sha256, change)
@@ -577,6 +646,7 @@ class LabelStore:
             if len(regions) == len(r.regions):
                 return None
             tags = tuple(dict.fromkeys((*r.tag_ids, *(g.tag_id for g in regions))))
+            self._check_negative(project.id, tags)
             return replace(r, tag_ids=tags, regions=tuple(regions))
 
         result = self._change_image(project.id, sha256, change)
@@ -684,27 +754,77 @@ class LabelStore:
             deleted.append(record)
         return deleted
 
-    def create_tag(self, project_id: str, name: str, description: str = "") -> Tag:
-        """Create a tag, refusing a name the project already uses (:class:`NameTaken`)."""
-        tag = Tag(str(uuid.uuid4()), project_id, name.strip(), description)
-        if not self._create_named(self._tags, project_id, name, _tag_entity(tag)):
+    def create_tag(self, project_id: str, name: str, description: str = "",
+                   type: str = REGULAR_TAG) -> Tag:  # noqa: A002 - the SDK's parameter name
+        """Create a tag, refusing a name the project already uses (:class:`NameTaken`) and a
+        second Negative tag (:class:`NegativeTagExists`): the tag, its name row and, for the
+        Negative tag, the ``name-negative`` row go in one transaction."""
+        if type not in TAG_TYPES:
+            raise ValueError(f"tag type must be one of {TAG_TYPES}")
+        tag = Tag(str(uuid.uuid4()), project_id, name.strip(), description, type=type)
+        extra = [("create", _negative_row(project_id, tag.id))] if tag.negative else []
+        if not self._create_named(self._tags, project_id, name, _tag_entity(tag), extra):
+            if tag.negative and self._owner(self._tags, project_id, name) is None:
+                raise NegativeTagExists("the project has a Negative tag already")
             raise NameTaken(f"the name {name.strip()!r} is taken")
         return tag
 
     def update_tag(
         self, project_id: str, tag_id: str, name: str | None = None,
-        description: str | None = None,
+        description: str | None = None, type: str | None = None,  # noqa: A002 - the SDK's name
     ) -> Tag | None:
+        """Rename, describe or retype a tag. Becoming Negative takes the ``name-negative`` row in
+        the same transaction (:class:`NegativeTagExists` when another tag holds it) and is
+        refused while an image carries this tag with another (:class:`NegativeTagShared`);
+        becoming Regular gives the row back."""
         if _is_name_row(tag_id):
             return None
+        if type is not None and type not in TAG_TYPES:
+            raise ValueError(f"tag type must be one of {TAG_TYPES}")
+        before = self.get_tag(project_id, tag_id) if type == NEGATIVE_TAG else None
+        if before is not None and not before.negative:  # becoming Negative: one scan
+            shared = sum(1 for r in self.iter_images(project_id)
+                         if tag_id in r.tag_ids and len(r.tag_ids) > 1)
+            if shared:
+                raise NegativeTagShared(
+                    f"{shared} image(s) carry this tag and another; a Negative tag's images "
+                    "carry no other tag")
 
         def fields(current: dict[str, Any]) -> dict[str, Any]:
             return {"description": current.get("description", "") if description is None
-                    else description}
+                    else description,
+                    "type": type or current.get("type") or REGULAR_TAG}
 
-        if not self._update_named(self._tags, project_id, tag_id, name, fields):
+        def extra(current: dict[str, Any]) -> list[Any]:
+            was = current.get("type") or REGULAR_TAG
+            if type is None or type == was:
+                return []
+            marker = self._negative_marker(project_id)
+            if type == NEGATIVE_TAG:
+                if marker is not None and marker.get("id") != tag_id:
+                    raise NegativeTagExists("the project has a Negative tag already")
+                return [] if marker is not None else [
+                    ("create", _negative_row(project_id, tag_id))]
+            if marker is not None and marker.get("id") == tag_id:
+                return [("delete", marker, _if_unchanged(marker))]
+            return []
+
+        if not self._update_named(self._tags, project_id, tag_id, name, fields, extra):
             return None
         return self.get_tag(project_id, tag_id)
+
+    def _negative_marker(self, project_id: str) -> Any:
+        try:
+            return self._tags.get_entity(project_id, _NEGATIVE_KEY)
+        except ResourceNotFoundError:
+            return None
+
+    def _marker_of(self, project_id: str, tag_id: str) -> list[Any]:
+        """Operations that delete the ``name-negative`` row when ``tag_id`` holds it."""
+        marker = self._negative_marker(project_id)
+        if marker is not None and marker.get("id") == tag_id:
+            return [("delete", marker, _if_unchanged(marker))]
+        return []
 
     def delete_tag(self, project_id: str, tag_id: str) -> Tag | None:
         """Delete a tag and its name, then take it off every image that carries it.
@@ -714,7 +834,8 @@ class LabelStore:
         and takes it off itself."""
         if _is_name_row(tag_id):
             return None
-        row = self._delete_named(self._tags, project_id, tag_id)
+        row = self._delete_named(self._tags, project_id, tag_id,
+                                 lambda _: self._marker_of(project_id, tag_id))
         if row is None:
             return None
         for record in self.iter_images(project_id):
@@ -780,13 +901,14 @@ class LabelStore:
 
     @staticmethod
     def _create_named(table: TableClient, partition: str, name: str,
-                      entity: dict[str, Any]) -> bool:
-        """Insert an object row and its name row in one transaction; False when the name is
-        taken (then neither is written)."""
+                      entity: dict[str, Any], extra: Sequence[Any] = ()) -> bool:
+        """Insert an object row and its name row (and ``extra`` rows) in one transaction; False
+        when the name (or an extra row) is taken (then nothing is written)."""
         try:
             table.submit_transaction([
                 ("create", _name_row(partition, name, entity["RowKey"])),
                 ("create", entity),
+                *extra,
             ])
         except TableTransactionError as e:
             if e.error_code == TableErrorCode.ENTITY_ALREADY_EXISTS:
@@ -795,10 +917,12 @@ class LabelStore:
         return True
 
     def _update_named(self, table: TableClient, partition: str, row_key: str,
-                      name: str | None, fields: Callable[[dict[str, Any]], dict[str, Any]]
+                      name: str | None, fields: Callable[[dict[str, Any]], dict[str, Any]],
+                      extra: Callable[[dict[str, Any]], list[Any]] = lambda _: [],
                       ) -> bool:
         """Merge ``fields(current row)`` into an object row; a new ``name`` moves its name row in
-        the same transaction. False when the object does not exist; :class:`NameTaken`."""
+        the same transaction, with ``extra(current row)`` operations. False when the object
+        does not exist; :class:`NameTaken`."""
         for _ in range(_MAX_RETRIES):
             try:
                 current = table.get_entity(partition, row_key)
@@ -822,6 +946,7 @@ class LabelStore:
                  **fields(current)},
                 {"mode": UpdateMode.MERGE, **_if_unchanged(current)},
             ))
+            operations.extend(extra(current))
             try:
                 table.submit_transaction(operations)
             except TableTransactionError as e:
@@ -831,10 +956,11 @@ class LabelStore:
             return True
         raise RuntimeError(f"could not update {row_key}: too much contention")
 
-    def _delete_named(self, table: TableClient, partition: str,
-                      row_key: str) -> dict[str, Any] | None:
-        """Delete an object row and its name row in one transaction; the deleted row, or None
-        when it did not exist."""
+    def _delete_named(self, table: TableClient, partition: str, row_key: str,
+                      extra: Callable[[dict[str, Any]], list[Any]] = lambda _: [],
+                      ) -> dict[str, Any] | None:
+        """Delete an object row and its name row (and ``extra(current row)`` operations) in one
+        transaction; the deleted row, or None when it did not exist."""
         for _ in range(_MAX_RETRIES):
             try:
                 current = table.get_entity(partition, row_key)
@@ -845,6 +971,7 @@ class LabelStore:
                 name_row = table.get_entity(partition, _name_row_key(current["name"]))
                 if name_row.get("id") == row_key:
                     operations.append(("delete", name_row, _if_unchanged(name_row)))
+            operations.extend(extra(current))
             try:
                 table.submit_transaction(operations)
             except TableTransactionError as e:

@@ -1,10 +1,11 @@
 """Deleting a project with everything it owns, in every container and table.
 
 A project owns rows keyed by its id (``projects``, ``tags``, ``images``, ``iterations`` with the
-training lock, ``predictions``), blobs under its id (``models/{id}/`` with the published pointer,
-``datasets/{id}/``) and blobs under its *name*, the drop-folder layout (``training-images/{name}/``,
-``predict-images/{name}/``, ``predictions/{name}/``, ``quarantine/{container}/{name}/`` and the
-name's digest folder ``quarantine/{container}/_unsafe-names/{hint}/``). Names are
+training lock, ``predictions``, ``exports``, ``annotationpairs``), blobs under its id
+(``models/{id}/`` with the published pointer, ``datasets/{id}/``) and blobs under its *name*, the
+drop-folder layout (``training-images/{name}/``, ``predict-images/{name}/``,
+``predictions/{name}/``, ``quarantine/{container}/{name}/`` and the name's digest folder
+``quarantine/{container}/_unsafe-names/{hint}/``). Names are
 unique case-insensitively and the drop folder resolves them that way, so a folder whose name
 matches the project's in any case belongs to it.
 
@@ -23,6 +24,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from visionpipe import names
 from visionpipe.storage import Storage
+from visionpipe.stores.annotation_pairs import AnnotationPairs
 from visionpipe.stores.exports import ExportStore
 from visionpipe.stores.label_store import LabelStore, Project, name_key
 from visionpipe.stores.prediction_store import PredictionStore
@@ -58,6 +60,7 @@ def delete_project(storage: Storage, store: LabelStore, registry: Registry,
         _delete_prefix(storage, names.PREDICTION_IMAGES, f"{project.id}/")  # kept pictures
         PredictionStore(storage).delete_project(project.id)
         ExportStore(storage).delete_project(project.id)
+        AnnotationPairs(storage).delete_project(project.id)  # the detection drop's pairs
         store.delete_project(project.id)
     except BaseException:
         if store.get_project(project.id) is not None:

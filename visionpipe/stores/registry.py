@@ -18,6 +18,14 @@ Canceled) or is deleted frees it, even when nobody released it explicitly (a kil
 its iteration Training, and the retried message trains it: still in progress, as in the service).
 :meth:`Registry.end_training` releases it early; :meth:`Registry.update_iteration` calls it when
 it writes a final status.
+
+Ending a training races with cancelling it: both are conditional writes under the row's ETag.
+:meth:`Registry.cancel_iteration` writes Canceled only over a row still in progress, and
+:meth:`Registry.finish_iteration` (the job's final Completed) writes only over a row still in
+progress, else raises :class:`IterationEnded`; whichever write lands first wins, the other sees
+the changed ETag, reads again and gives way. A cancel that lands in the milliseconds before the
+Completed write therefore wins: the row stays Canceled and the job discards its artifacts
+(training_job/pipeline.py; docs/training.md, "Cancel").
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -74,6 +82,15 @@ IN_PROGRESS = frozenset({IterationStatus.QUEUED, IterationStatus.TRAINING})
 
 class TrainingInProgress(RuntimeError):
     """The project already has a training in progress (or is being deleted)."""
+
+
+class IterationEnded(RuntimeError):
+    """:meth:`Registry.finish_iteration` found the row no longer in progress (a cancel, most
+    likely, landed first): nothing was written. ``iteration`` is the row as it now is."""
+
+    def __init__(self, iteration: Iteration) -> None:
+        super().__init__(f"iteration {iteration.id} is {iteration.status}")
+        self.iteration = iteration
 
 
 def _now() -> datetime:
@@ -159,6 +176,18 @@ class NotFound(LookupError):
     pass
 
 
+class IterationFields(TypedDict, total=False):
+    """What a new iteration row records of the request that started it: the keywords of
+    :meth:`Registry.create_iteration` and :meth:`Registry.start_training` (one list, so the two
+    ways of creating a row cannot drift; the defaults are in ``Registry._iteration_entity``)."""
+
+    training_type: str  # "Regular" (default) or "Advanced"
+    reserved_budget_in_hours: int  # default 0
+    selected_tags: tuple[str, ...]  # default (): every tag
+    classification_type: str  # "Multiclass" (default) or "Multilabel"
+    dataset_fingerprint: str  # default "": not recorded
+
+
 def _if_unchanged(entity: Any) -> dict[str, Any]:
     return {"etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
 
@@ -175,11 +204,7 @@ class Registry:
         *,
         iteration_id: str | None = None,
         name: str | None = None,
-        training_type: str = "Regular",
-        reserved_budget_in_hours: int = 0,
-        selected_tags: tuple[str, ...] = (),
-        classification_type: str = "Multiclass",
-        dataset_fingerprint: str = "",
+        **fields: Unpack[IterationFields],
     ) -> Iteration:
         """Create an iteration in status Training; an existing id is returned unchanged.
 
@@ -192,21 +217,25 @@ class Registry:
         entity = self._iteration_entity(
             project_id, iteration_id,
             name or f"Iteration {self._last_number(project_id, self._lock(project_id)) + 1}",
-            training_type=training_type, reserved_budget_in_hours=reserved_budget_in_hours,
-            selected_tags=selected_tags, classification_type=classification_type,
-            dataset_fingerprint=dataset_fingerprint)
+            fields)
         with suppress(ResourceExistsError):  # a concurrent create of the same id: theirs stands
             self._table.create_entity(entity)
+        return self._written(project_id, iteration_id)
+
+    def _written(self, project_id: str, iteration_id: str) -> Iteration:
+        """The row just written, as stored; :class:`NotFound` when a concurrent delete removed
+        it since (every write that answers the row reads it back here)."""
         found = self.get_iteration(project_id, iteration_id)
         if found is None:  # deleted by a concurrent call since
             raise NotFound(f"iteration {iteration_id} of project {project_id}")
         return found
 
     @staticmethod
-    def _iteration_entity(project_id: str, iteration_id: str, name: str, *, training_type: str,
-                          reserved_budget_in_hours: int, selected_tags: tuple[str, ...],
-                          classification_type: str, dataset_fingerprint: str
-                          ) -> dict[str, Any]:
+    def _iteration_entity(project_id: str, iteration_id: str, name: str,
+                          fields: IterationFields) -> dict[str, Any]:
+        unknown = set(fields) - set(IterationFields.__annotations__)
+        if unknown:
+            raise TypeError(f"unexpected iteration fields: {sorted(unknown)}")
         now = _now()
         entity: dict[str, Any] = {
             "PartitionKey": project_id,
@@ -215,26 +244,17 @@ class Registry:
             "status": str(IterationStatus.TRAINING),
             "created": now,
             "lastModified": now,
-            "trainingType": training_type,
-            "reservedBudgetInHours": int(reserved_budget_in_hours),
-            "selectedTags": json.dumps(list(selected_tags)),
-            "classificationType": classification_type,
+            "trainingType": fields.get("training_type", "Regular"),
+            "reservedBudgetInHours": int(fields.get("reserved_budget_in_hours", 0)),
+            "selectedTags": json.dumps(list(fields.get("selected_tags", ()))),
+            "classificationType": fields.get("classification_type", "Multiclass"),
         }
-        if dataset_fingerprint:
-            entity["datasetFingerprint"] = dataset_fingerprint
+        if fields.get("dataset_fingerprint"):
+            entity["datasetFingerprint"] = fields["dataset_fingerprint"]
         return entity
 
     # --- the training lock ----------------------------------------------------------------------
-    def start_training(
-        self,
-        project_id: str,
-        *,
-        training_type: str = "Regular",
-        reserved_budget_in_hours: int = 0,
-        selected_tags: tuple[str, ...] = (),
-        classification_type: str = "Multiclass",
-        dataset_fingerprint: str = "",
-    ) -> Iteration:
+    def start_training(self, project_id: str, **fields: Unpack[IterationFields]) -> Iteration:
         """Take the project's training lock and create its iteration (status Training), both in
         one transaction; :class:`TrainingInProgress` when another training holds the lock.
 
@@ -252,19 +272,14 @@ class Registry:
                 ("create", lock_row) if lock is None
                 else ("update", lock_row, {"mode": UpdateMode.REPLACE, **_if_unchanged(lock)}))
             entity = self._iteration_entity(
-                project_id, iteration_id, f"Iteration {number}", training_type=training_type,
-                reserved_budget_in_hours=reserved_budget_in_hours, selected_tags=selected_tags,
-                classification_type=classification_type, dataset_fingerprint=dataset_fingerprint)
+                project_id, iteration_id, f"Iteration {number}", fields)
             try:
                 self._table.submit_transaction([take, ("create", entity)])
             except TableTransactionError as e:
                 if e.error_code in _LOST_RACE:
                     continue  # another call took the lock first: look at who holds it
                 raise
-            found = self.get_iteration(project_id, iteration_id)
-            if found is None:  # deleted by a concurrent call since
-                raise NotFound(f"iteration {iteration_id} of project {project_id}")
-            return found
+            return self._written(project_id, iteration_id)
         raise TrainingInProgress(f"project {project_id}: too much contention for the lock")
 
     def end_training(self, project_id: str, iteration_id: str) -> None:
@@ -343,8 +358,9 @@ class Registry:
         return sorted((Iteration.from_entity(r) for r in rows if r["RowKey"] != _LOCK_KEY),
                       key=lambda i: i.created)
 
-    def update_iteration(self, project_id: str, iteration_id: str, **columns: Any) -> Iteration:
-        """Merge columns into the row (dicts/lists in JSON columns are serialised)."""
+    @staticmethod
+    def _changes(project_id: str, iteration_id: str, columns: dict[str, Any]) -> dict[str, Any]:
+        """The MERGE entity for ``columns`` (dicts/lists in JSON columns serialised)."""
         entity: dict[str, Any] = {"PartitionKey": project_id, "RowKey": iteration_id}
         for key, value in columns.items():
             if key in _JSON_COLUMNS and not isinstance(value, str):
@@ -353,6 +369,50 @@ class Registry:
                 value = str(value)
             entity[key] = value
         entity["lastModified"] = _now()
+        return entity
+
+    def finish_iteration(self, project_id: str, iteration_id: str, status: IterationStatus,
+                         **columns: Any) -> Iteration:
+        """Write a final ``status`` (with ``columns``) only over a row still in progress, under
+        the ETag it was read at; frees the training lock. Raises :class:`IterationEnded` (nothing
+        written) when the row has ended meanwhile, :class:`NotFound` when it is gone.
+
+        The job's Completed write goes through here: a cancel that lands between the job's last
+        check and this write changes the ETag, the write fails, the row is read again, and the
+        cancel wins instead of being overwritten."""
+        if iteration_id == _LOCK_KEY:
+            raise NotFound(f"iteration {iteration_id} of project {project_id}")
+        for _ in range(_MAX_RETRIES):
+            try:
+                row = self._table.get_entity(project_id, iteration_id)
+            except ResourceNotFoundError as e:
+                raise NotFound(f"iteration {iteration_id} of project {project_id}") from e
+            current = Iteration.from_entity(row)
+            if not current.in_progress:
+                raise IterationEnded(current)
+            entity = self._changes(project_id, iteration_id, {**columns, "status": status})
+            try:
+                self._table.update_entity(entity, mode=UpdateMode.MERGE, **_if_unchanged(row))
+            except ResourceNotFoundError as e:
+                raise NotFound(f"iteration {iteration_id} of project {project_id}") from e
+            except ResourceModifiedError:
+                continue  # written meanwhile (a cancel, a progress write): look again
+            self.end_training(project_id, iteration_id)
+            return self._written(project_id, iteration_id)
+        raise TrainingInProgress(f"iteration {iteration_id}: too much contention to finish it")
+
+    def delete_artifacts(self, project_id: str, iteration_id: str) -> None:
+        """Delete what a training uploaded under ``models/{projectId}/{iterationId}/`` (the row
+        stays): an attempt whose iteration was canceled registers nothing."""
+        for blob in list(self._models.list_blobs(name_starts_with=f"{project_id}/{iteration_id}/")):
+            with suppress(ResourceNotFoundError):
+                self._models.delete_blob(blob.name)
+
+    def update_iteration(self, project_id: str, iteration_id: str, **columns: Any) -> Iteration:
+        """Merge columns into the row (dicts/lists in JSON columns are serialised), whatever the
+        row's status: a final status that must not overwrite a cancel goes through
+        :meth:`finish_iteration`."""
+        entity = self._changes(project_id, iteration_id, columns)
         if iteration_id == _LOCK_KEY:
             raise NotFound(f"iteration {iteration_id} of project {project_id}")
         try:

@@ -23,6 +23,7 @@ export async function imagesPage(root, ctx) {
     training("GET", `${base}/tags`),
     training("GET", `/domains/${seg(ctx.project.settings?.domainId ?? "")}`).catch(() => null),
   ]);
+  const isDetection = domain?.type === "ObjectDetection";
   const objectUrls = [];
   ctx.onLeave(() => objectUrls.forEach((u) => URL.revokeObjectURL(u)));
   const here = (v, p) => `#/p/${seg(ctx.projectId)}/images?view=${encodeURIComponent(v)}&page=${p}${per === PAGE_SIZE ? "" : `&per=${per}`}`;
@@ -70,8 +71,11 @@ export async function imagesPage(root, ctx) {
         .catch(() => { picture.alt = `Image ${short} (could not be loaded)`; });
       const box = h("input", { type: "checkbox", "aria-label": `Select image ${short}` });
       box.addEventListener("change", () => (box.checked ? selected.add(image.id) : selected.delete(image.id)));
+      const regions = image.regions?.length ?? 0;
+      const label = isDetection ? h("a", { href: `#/p/${seg(ctx.projectId)}/label?image=${encodeURIComponent(image.id)}`,
+        "aria-label": `Label boxes on image ${short}` }, `Label boxes (${regions})`) : null;
       return h("li", { class: "tile" }, picture, h("label", {}, box, ` ${short}`),
-        h("span", { class: "tile-tags" }, names.length ? names.join(", ") : "untagged"));
+        h("span", { class: "tile-tags" }, names.length ? names.join(", ") : "untagged"), label);
     }));
     const pager = h("nav", { class: "pager", "aria-label": "Image pages" },
       page > 1 ? h("a", { href: here(view, page - 1) }, "Previous page") : null,
@@ -161,8 +165,8 @@ export async function imagesPage(root, ctx) {
           items.map((q) => [q.container ?? "", q.source?.path ?? "", q.reason ?? "", q.message ?? ""])));
   }).catch(ctx.showError);
 
-  const detection = domain?.type === "ObjectDetection"
-    ? h("p", { class: "notice" }, "Object detection: drawing and editing boxes in the portal is not available yet. Upload and tag images here; add regions through the API.")
+  const detection = isDetection
+    ? h("p", { class: "notice" }, "Object detection: open an image's \u201cLabel boxes\u201d to draw its boxes and give each a tag.")
     : null;
 
   fill(root, h("h1", {}, "Images"), detection,

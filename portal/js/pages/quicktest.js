@@ -1,24 +1,43 @@
 // Quick test: one picture (a file, or a URL the service fetches) against a trained iteration,
 // with the predicted tags drawn over the picture.
 
-import { training, seg } from "../api.js";
-import { h, fill, field, pct } from "../dom.js";
+import { training, pictureUrl, seg, TRAINING } from "../api.js";
+import { h, fill, field, table, pct } from "../dom.js";
 import { trainedIterations, iterationPicker, noIterations } from "./common.js";
 
-function overlay(pictureUrl, predictions) {
+const BOX_FLOOR = 0.5; // boxes drawn over the picture: the confident ones (all are listed)
+
+function boxesOver(predictions) {
+  const shown = predictions.filter((p) => p.boundingBox && p.probability >= BOX_FLOOR);
+  const list = h("ul", { class: "overlay-boxes", "aria-label": "Predicted boxes" }, shown.map((p) => {
+    const item = h("li", {}, h("span", {}, `${p.tagName} ${pct(p.probability)}`));
+    const b = p.boundingBox;
+    item.style.left = `${b.left * 100}%`;
+    item.style.top = `${b.top * 100}%`;
+    item.style.width = `${b.width * 100}%`;
+    item.style.height = `${b.height * 100}%`;
+    return item;
+  }));
+  return list;
+}
+
+function overlay(src, predictions, source) {
   const top = predictions.slice(0, 5);
-  const labels = h("ol", { class: "overlay-tags", "aria-label": "Predicted tags" },
-    top.map((p) => h("li", {}, h("span", { class: "tag-name" }, p.tagName), ` ${pct(p.probability)}`)));
-  const boxes = predictions.some((p) => p.boundingBox)
-    ? h("p", { class: "notice" }, "This model predicts regions: drawing boxes is not available in the portal yet.")
-    : null;
+  const isDetection = predictions.some((p) => p.boundingBox);
+  const labels = isDetection ? boxesOver(predictions)
+    : h("ol", { class: "overlay-tags", "aria-label": "Predicted tags" },
+      top.map((p) => h("li", {}, h("span", { class: "tag-name" }, p.tagName), ` ${pct(p.probability)}`)));
   return h("figure", { class: "quicktest-result" },
     h("div", { class: "stage" },
-      pictureUrl ? h("img", { src: pictureUrl, alt: "The tested picture" })
-        : h("div", { class: "no-preview" }, "No preview: the portal shows only pictures from this computer."),
+      src ? h("img", { src, alt: "The tested picture" })
+        : h("div", { class: "no-preview" }, "No preview: the service did not keep this picture."),
       labels),
-    h("figcaption", {}, top.length ? `Top tag: ${top[0].tagName} (${pct(top[0].probability)})` : "No tag predicted"),
-    boxes);
+    h("figcaption", {}, source ? `${source}. ` : "",
+      top.length ? `Top ${isDetection ? "box" : "tag"}: ${top[0].tagName} (${pct(top[0].probability)})` : "No tag predicted"),
+    isDetection ? table("Predicted boxes", ["Tag", "Probability", "Left · top · width · height"],
+      predictions.filter((p) => p.probability >= BOX_FLOOR).map((p) => [p.tagName, pct(p.probability),
+        [p.boundingBox.left, p.boundingBox.top, p.boundingBox.width, p.boundingBox.height].map(pct).join(" · ")]))
+      : null);
 }
 
 export async function quickTestPage(root, ctx) {
@@ -42,7 +61,7 @@ export async function quickTestPage(root, ctx) {
       const answer = await training("POST", `${base}/quicktest/image`, { query: { iterationId: picker.value }, body: form });
       const url = URL.createObjectURL(chosen);
       urls.push(url);
-      fill(result, overlay(url, answer.predictions ?? []));
+      fill(result, overlay(url, answer.predictions ?? [], `Tested ${chosen.name}`));
     });
   });
 
@@ -52,7 +71,14 @@ export async function quickTestPage(root, ctx) {
     event.preventDefault();
     ctx.guard(async () => {
       const answer = await training("POST", `${base}/quicktest/url`, { query: { iterationId: picker.value }, json: { url: address.value } });
-      fill(result, overlay(null, answer.predictions ?? []));
+      // The portal may not load other origins (its CSP): the picture shown is the one the
+      // service fetched and kept with the stored prediction, read back with the key.
+      let url = null;
+      if (answer.id) {
+        url = await pictureUrl(`${TRAINING}${base}/predictions/${seg(answer.id)}/original`).catch(() => null);
+        if (url) urls.push(url);
+      }
+      fill(result, overlay(url, answer.predictions ?? [], `Tested ${address.value}`));
     });
   });
 

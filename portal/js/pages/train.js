@@ -1,9 +1,10 @@
-// Train: queue a Regular training, follow it live (visionpipe's progress route), cancel it.
+// Train: queue a Regular or Advanced (with a budget in hours) training, follow it live (visionpipe's progress route), cancel it.
 
 import { training, visionpipe, seg } from "../api.js";
 import { h, fill, table } from "../dom.js";
 
 const POLL_MS = 2000;
+const MAX_BUDGET_HOURS = 10000; // what POST .../train accepts for reservedBudgetInHours
 
 const KNOWN = [["phase", "Phase"], ["epoch", "Epoch"], ["trainLoss", "Training loss"], ["valMetric", "Validation metric"]];
 
@@ -65,18 +66,49 @@ export async function trainPage(root, ctx) {
   async function showHistory() {
     const iterations = await training("GET", `${base}/iterations`);
     fill(history, iterations.length === 0 ? h("p", {}, "No iterations yet.")
-      : table("Iterations", ["Name", "Status", "Type", "Created"], iterations.map((it) => [
-        it.name, it.status, it.trainingType ?? "", it.created ? new Date(it.created).toLocaleString() : "",
+      : table("Iterations", ["Name", "Status", "Type", "Budget", "Created"], iterations.map((it) => [
+        it.name, it.status, it.trainingType ?? "", it.reservedBudgetInHours ? `${it.reservedBudgetInHours} h` : "",
+        it.created ? new Date(it.created).toLocaleString() : "",
       ])));
     return iterations;
   }
 
+  // Regular or Advanced with a budget in hours, sent as the SDK's train_project sends them:
+  // query parameters trainingType and reservedBudgetInHours of POST .../train.
+  const regular = h("input", { type: "radio", name: "training-type", value: "Regular", checked: true, id: "type-regular" });
+  const advanced = h("input", { type: "radio", name: "training-type", value: "Advanced", id: "type-advanced" });
+  const budget = h("input", { type: "number", min: 1, max: MAX_BUDGET_HOURS, step: 1, value: "1", disabled: true, id: "budget-hours", inputmode: "numeric" });
+  const budgetHint = h("span", { class: "hint", id: "budget-hint" }, "Advanced training trains longer, within this many hours.");
+  budget.setAttribute("aria-describedby", budgetHint.id);
   const train = h("button", { type: "button" }, "Train (Regular)");
+  const chosenType = () => (advanced.checked ? "Advanced" : "Regular");
+  for (const radio of [regular, advanced]) {
+    radio.addEventListener("change", () => {
+      budget.disabled = !advanced.checked;
+      train.textContent = `Train (${chosenType()})`;
+    });
+  }
+  const typeChoice = h("fieldset", {},
+    h("legend", {}, "Training type"),
+    h("div", { class: "inline" },
+      h("span", {}, regular, " ", h("label", { for: regular.id }, "Regular")),
+      h("span", {}, advanced, " ", h("label", { for: advanced.id }, "Advanced"))),
+    h("div", { class: "field budget" }, h("label", { for: budget.id }, "Budget (hours)"), budget, budgetHint));
   train.addEventListener("click", () => ctx.guard(async () => {
+    const trainingType = chosenType();
+    const query = { trainingType };
+    if (trainingType === "Advanced") {
+      const hours = Number(budget.value);
+      if (!Number.isInteger(hours) || hours < 1 || hours > MAX_BUDGET_HOURS) {
+        budget.focus();
+        throw new Error(`the budget is a whole number of hours from 1 to ${MAX_BUDGET_HOURS}`);
+      }
+      query.reservedBudgetInHours = hours;
+    }
     train.disabled = true;
     try {
-      const iteration = await training("POST", `${base}/train`, { query: { trainingType: "Regular" } });
-      ctx.showStatus(`Training queued: ${iteration.name}.`);
+      const iteration = await training("POST", `${base}/train`, { query });
+      ctx.showStatus(`Training queued: ${iteration.name} (${iteration.trainingType ?? trainingType}${query.reservedBudgetInHours ? `, ${query.reservedBudgetInHours} h budget` : ""}).`);
       await showHistory();
       await follow(iteration.id, iteration.name);
     } finally {
@@ -85,7 +117,8 @@ export async function trainPage(root, ctx) {
   }));
 
   fill(root, h("h1", {}, "Train"),
-    h("section", { class: "card" }, h("p", {}, "Regular training fine-tunes a model on the tagged images. The project needs at least two tags with enough images each; the API says which rule is not met."), train),
+    h("section", { class: "card" }, h("p", {}, "Regular training fine-tunes a model on the tagged images; Advanced training trains longer within a budget of hours. The project needs at least two tags with enough images each; the API says which rule is not met."),
+      typeChoice, train),
     live, history);
   const iterations = await showHistory();
   const running = iterations.find((it) => it.status === "Training" || it.status === "Queued");
