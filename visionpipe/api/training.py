@@ -88,8 +88,8 @@ def train(
     selected_tags: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``POST projects/{projectId}/train``: the new Iteration (status Training)."""
-    _refuse_negative_detection(api, project_id)
     project = api.project(project_id)
+    _refuse_negative_detection(api, project)
     training_type = training_type or "Regular"
     if training_type not in TRAINING_TYPES:
         raise api_errors.bad_request("BadRequest",
@@ -149,16 +149,15 @@ def train(
     return api.to_json(iteration, project)
 
 
-def _refuse_negative_detection(api: IterationApi, project_id: str) -> None:
+def _refuse_negative_detection(api: IterationApi, project: Project) -> None:
     """400 ``BadRequestDetectionTrainingNotAllowNegativeTag`` for an object detection project
     whose Negative tag has images, as the service answers (a detector learns boxes; "none of
-    the tags" is an image without boxes). One point read when the project has no Negative tag;
-    an empty Negative tag is no obstacle. Checked before the project's other refusals."""
-    negative = api.label_store.negative_tag_id(project_id)
-    if negative is None:
+    the tags" is an image without boxes). An empty Negative tag is no obstacle. Checked before
+    the project's other refusals."""
+    if not project.detection:
         return
-    project = api.project(project_id)
-    if project.detection and api.label_store.list_images(project.id, {negative}):
+    negative = api.label_store.negative_tag_id(project.id)
+    if negative is not None and api.label_store.list_images(project.id, {negative}):
         raise api_errors.bad_request(
             "BadRequestDetectionTrainingNotAllowNegativeTag",
             "object detection projects cannot train with Negative-tagged images; remove the "

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 
 from visionpipe import names
+from visionpipe.local.poll_loop import PollLoop
 from visionpipe.storage import Storage
 
 log = logging.getLogger("visionpipe.local.bridge")
@@ -75,7 +76,11 @@ class _Pending:
 
 
 @dataclass
-class EventGridBridge:
+class EventGridBridge(PollLoop):
+    """Watches the drop containers and delivers ``BlobCreated`` events (module docstring)."""
+
+    thread_name = "eventgrid-bridge"
+
     storage: Storage
     endpoint: str  # e.g. http://127.0.0.1:7071
     state_file: Path
@@ -164,27 +169,7 @@ class EventGridBridge:
                     function, detail, pending.attempts, backoff)
         return False
 
-    # --- loop -----------------------------------------------------------------------------------
-    def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll_once()
-            except Exception as e:  # Azurite restarting etc.: keep watching
-                log.warning("poll failed: %s", e)
-            self._stop.wait(self.poll_interval)
-
-    def start(self) -> EventGridBridge:
-        self._thread = threading.Thread(target=self.run, daemon=True, name="eventgrid-bridge")
-        self._thread.start()
-        return self
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    def _stopped(self) -> None:
         self._pool.shutdown(wait=True)
         self._client.close()
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx
 
+from visionpipe.local.poll_loop import PollLoop
 from visionpipe.pipeline import lifecycle_events
 from visionpipe.storage import Storage
 
@@ -222,8 +223,11 @@ class Subscriber:
             self._thread.join(timeout=DELIVERY_TIMEOUT_SECONDS + 5)
 
 
-class WebhookDelivery:
+class WebhookDelivery(PollLoop):
     """Follows the local lifecycle events and hands each new one to every subscriber."""
+
+    thread_name = "webhook-delivery"
+    what = "reading lifecycle events"
 
     def __init__(self, storage: Storage, urls: tuple[str, ...] | list[str], *,
                  retry_seconds: float = 10.0, max_attempts: int = 30,
@@ -287,28 +291,11 @@ class WebhookDelivery:
             self._save_cursor()
         return new
 
-    def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll_once()
-            except Exception as e:  # noqa: BLE001 - Azurite restarting etc.: keep following
-                log.warning("reading lifecycle events failed: %s", e)
-            self._stop.wait(self.poll_interval)
-
-    def start(self) -> WebhookDelivery:
+    def _starting(self) -> None:
         for subscriber in self.subscribers:
             subscriber.start()
-        self._thread = threading.Thread(target=self.run, daemon=True, name="webhook-delivery")
-        self._thread.start()
-        return self
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    def _stopped(self) -> None:
         for subscriber in self.subscribers:
             subscriber.stop()
         self._client.close()
