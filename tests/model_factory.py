@@ -11,6 +11,7 @@ channel-to-tag matrix -> Softmax. It classifies by colour, so a red picture is p
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from io import BytesIO
@@ -98,7 +99,7 @@ def register_color_iteration(
         project_id=project.id,
         iteration_id=iteration.id,
         classification_type=project.classification_type,
-        tags=tuple(TagOutput(t.id, t.name) for t in tags),
+        tags=tuple(TagOutput(t.id, t.name, t.type) for t in tags),  # as the training job
         preprocessing=spec,
         backbone="color-test-model",
         pretrained=False,
@@ -117,6 +118,21 @@ def register_color_iteration(
     if status == IterationStatus.COMPLETED:
         columns["trainedAt"] = datetime.now(UTC)
     return registry.update_iteration(project.id, iteration.id, **columns)
+
+
+def rewrite_manifest_tag_types(registry: Registry, project_id: str, iteration_id: str,
+                               types: dict[str, str] | None) -> None:
+    """Rewrite an iteration's manifest: each tag named in ``types`` gets that type; with
+    ``None`` every ``type`` key is dropped, which is how a manifest written before tags had
+    types reads. Do it before the iteration first serves (sessions are cached)."""
+    raw = json.loads(registry.download_artifact(project_id, iteration_id, MANIFEST_FILE))
+    for tag in raw["tags"]:
+        if types is None:
+            tag.pop("type", None)
+        elif tag["name"] in types:
+            tag["type"] = types[tag["name"]]
+    registry.upload_artifact(project_id, iteration_id, MANIFEST_FILE,
+                             json.dumps(raw).encode(), "application/json")
 
 
 def overall(ap: float, precision: float = 0.9, recall: float = 0.9) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from azure.cognitiveservices.vision.customvision.training.models import (
     ImageIdCreateBatch,
     ImageIdCreateEntry,
     ImageRegionCreateEntry,
+    PredictionQueryToken,
     Region,
 )
 from msrest.authentication import ApiKeyCredentials
@@ -641,6 +642,11 @@ def test_detect_image_and_url_store_and_nostore(
     row = PredictionStore(storage).get(detection_project.id, stored.id)
     assert row is not None and row.predictions[0].bounding_box == pytest.approx(
         (0.1, 0.2, 0.3, 0.4))
+    # the stored-prediction queries answer the boxes too (they answered boundingBox null)
+    queried = trainer.query_predictions(detection_project.id, PredictionQueryToken(
+        iteration_id=published_detector.id, max_count=10))
+    (found,) = [r for r in queried.results if r.id == stored.id]
+    assert _boxes(found) == EXPECTED
 
     kept_nothing = predictor.detect_image_with_no_store(detection_project.id, "prod", picture)
     assert _boxes(kept_nothing) == EXPECTED

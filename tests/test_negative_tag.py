@@ -307,6 +307,7 @@ def test_a_classifier_learns_negative_images_as_a_class_it_answers(
     assert it is not None and it.status == IterationStatus.COMPLETED, it.failure_reason
     manifest = registry.read_manifest(project.id, iteration.id)
     assert [t.name for t in manifest.tags] == ["cat", "dog", "nothing"]
+    assert [t.type for t in manifest.tags] == ["Regular", "Regular", "Negative"]
 
     def answers(color: str) -> list[dict[str, float]]:
         out = []
@@ -315,6 +316,8 @@ def test_a_classifier_learns_negative_images_as_a_class_it_answers(
                 project.id, color_image(color, (256, 256), "JPEG", seed=seed),
                 iteration_id=iteration.id, store=False)
             assert {p.tag_id for p in result.predictions} == {t.id for t in tags.values()}
+            assert {p.tag_name: p.tag_type for p in result.predictions} == {
+                "cat": "Regular", "dog": "Regular", "nothing": "Negative"}
             out.append({p.tag_name: p.probability for p in result.predictions})
         return out
 

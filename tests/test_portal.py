@@ -8,10 +8,12 @@ Two halves:
 - the browser: Playwright drives Debian's headless Chromium against the local host and Azurite
   through the portal's workflow (create a project, upload by picker, folder and drag and drop,
   tag and untag, page, quarantine, queue an Advanced training with a budget, follow its
-  progress and cancel it, read the performance page and move its slider, quick test by file and
-  by URL, add a prediction to the training set, publish, export, delete; on an object detection
-  project: label boxes with the mouse and the keyboard from the iteration's suggestions and
-  region proposals, the overlap slider, boxes over a quick-tested picture), with axe-core on
+  progress and cancel it, read the performance page and move its slider, see its test images
+  outlined when mispredicted, quick test by file and by URL, add a prediction to the training
+  set, publish, export, delete; on an object detection project: label boxes with the mouse and
+  the keyboard from the iteration's suggestions and region proposals, the overlap slider, test
+  images with their true and predicted boxes, boxes over a quick-tested picture, a prediction
+  added to the training set with corrected boxes), with axe-core on
   every page, hostile names that must stay text, and a screenshot of every page under
   ``.local/test-artifacts/portal/``.
 
@@ -1024,6 +1026,197 @@ def test_detection_labelling_overlap_performance_and_url_quick_test(
         expect(p.get_by_role("table", name="Predicted boxes")).to_contain_text(
             "10.0% · 20.0% · 30.0% · 40.0%")
         check_page(page, "quick-test-detection")
+    finally:
+        with api(local_host) as client:
+            client.delete(f"{base}/iterations/{iteration.id}")
+            client.delete(base)
+
+
+# --- the performance page's test images and corrected boxes for a prediction -----------------
+WRONG = {1, 6, 11}  # the test images whose top prediction is the wrong tag
+
+
+def verdicts(p: Any) -> dict[str, str]:
+    """What the gallery shows: image id -> the verdict in words (the outline's text label)."""
+    tiles = p.get_by_role("list", name="Test images").get_by_role("listitem")
+    return {t.get_attribute("data-image") or "": t.locator(".verdict").inner_text()
+            for t in tiles.all()}
+
+
+def test_performance_outlines_mispredicted_test_images(
+        page: Watched, local_host: str, label_store: LabelStore, registry: Registry) -> None:
+    """Fourteen real test images: each thumbnail is outlined "Correct" or "Mispredicted" by its
+    top prediction at the probability slider (recomputed as it moves), twelve to a page."""
+    project = label_store.create_project(f"perf-gallery-{uuid.uuid4().hex[:8]}")
+    iteration = register_color_iteration(registry, label_store, project)
+    tag_names = ["red", "green", "blue"]
+    tag_ids = [label_store.find_tag(project.id, n).id for n in tag_names]  # type: ignore[union-attr]
+    base = f"/projects/{project.id}"
+    labels, probs, samples, ids = [], [], [], []
+    with api(local_host) as client:
+        for i in range(14):
+            truth = i % 3
+            data = color_image(tag_names[truth], seed=700 + i)
+            answer = client.post(f"{base}/images", params={"tagIds": tag_ids[truth]}, content=data,
+                                 headers={"Content-Type": "application/octet-stream"})
+            assert answer.status_code == 200, answer.text
+            ids.append(answer.json()["images"][0]["image"]["id"])
+            row = [0.05, 0.05, 0.05]
+            if i in WRONG:
+                row[(truth + 1) % 3] = 0.7  # the wrong tag on top: mispredicted at any threshold
+            else:
+                row[truth] = 0.85 if i == 2 else 0.95  # right; at 0.9 image 2 has no prediction
+            labels.append([1.0 if k == truth else 0.0 for k in range(3)])
+            probs.append(row)
+            samples.append((ids[-1], hashlib.sha256(data).hexdigest(), [tag_ids[truth]], row))
+    doc = dict(metrics_at_threshold(np.array(labels), np.array(probs), tag_ids, tag_names, 0.5,
+                                    train_images=24))
+    doc["predictions"] = predictions_document(tag_ids, tag_names, samples)
+    registry.upload_artifact(project.id, iteration.id, METRICS_FILE, json.dumps(doc).encode(),
+                             "application/json")
+    want = {0.5: {x: "Mispredicted" if i in WRONG else "Correct" for i, x in enumerate(ids)},
+            0.9: {x: "Mispredicted" if i in {*WRONG, 2} else "Correct"
+                  for i, x in enumerate(ids)}}
+    p = page.page
+    try:
+        sign_in(page)
+        expect(p.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+        p.goto(f"/portal/#/p/{project.id}/performance?iteration={iteration.id}")
+        tiles = p.get_by_role("list", name="Test images").get_by_role("listitem")
+        expect(tiles).to_have_count(12)
+        expect(p.get_by_text("Images 1–12 of 14")).to_be_visible()
+        first_page = verdicts(p)
+        assert first_page == {x: want[0.5][x] for x in first_page}
+        assert len(first_page) == 12
+        # twelve of fourteen shown: at least one of the three mispredicted images is here, its
+        # outline going with the words (a dashed red border, a solid green one when right)
+        wrong = tiles.filter(has_text="Mispredicted")
+        expect(wrong).to_have_count(sum(v == "Mispredicted" for v in first_page.values()))
+        assert wrong.count() >= 1
+        assert wrong.first.evaluate("t => getComputedStyle(t).borderTopStyle") == "dashed"
+        right = tiles.filter(has_text="Correct").first
+        assert right.evaluate("t => getComputedStyle(t).borderTopStyle") == "solid"
+        thumb = wrong.first.get_by_role("img").element_handle()
+        p.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=thumb)
+        check_page(page, "performance-mispredicted")
+        p.get_by_role("region", name="Test images").screenshot(
+            path=str(ARTIFACTS / "performance-mispredicted-gallery.png"))
+        # the slider moves the outlines at once (no new request for the images)
+        slider = p.get_by_label("Probability threshold")
+        slider.focus()
+        for _ in range(40):
+            p.keyboard.press("ArrowRight")
+        expect(p.locator("output.threshold")).to_have_text("90.0%")
+        expect(p.locator(".test-images-summary")).to_contain_text(
+            "at a probability threshold of 90.0%")
+        assert verdicts(p) == {x: want[0.9][x] for x in first_page}
+        # the next page: the two images left, still judged at 90%
+        p.get_by_role("button", name="Next images").click()
+        expect(tiles).to_have_count(2)
+        expect(p.get_by_text("Images 13–14 of 14")).to_be_visible()
+        second_page = verdicts(p)
+        assert set(first_page) | set(second_page) == set(ids)
+        assert second_page == {x: want[0.9][x] for x in second_page}
+        expect(p.get_by_role("button", name="Next images")).to_be_disabled()
+        p.get_by_role("button", name="Previous images").click()
+        expect(tiles).to_have_count(12)
+    finally:
+        with api(local_host) as client:
+            client.delete(f"{base}/iterations/{iteration.id}")
+            client.delete(base)
+
+
+def test_detection_test_images_and_prediction_with_corrected_boxes(
+        page: Watched, local_host: str, label_store: LabelStore, registry: Registry) -> None:
+    """A detector's test image with its true and predicted boxes, mispredicted until the overlap
+    slider accepts the cat box (IoU 1/3); then a stored prediction added to the training set
+    with its predicted boxes corrected (one deleted, one moved, one added)."""
+    project = label_store.create_project(f"det-correct-{uuid.uuid4().hex[:8]}",
+                                         domain_id=GENERAL_DETECTION_DOMAIN_ID)
+    iteration = register_detection_iteration(registry, label_store, project,
+                                             build_fixed_detector())
+    tags = {t.name: t.id for t in label_store.list_tags(project.id)}
+    metrics = json.loads(json.dumps(DETECTION_METRICS))
+    for row in metrics["perTag"]:
+        row["id"] = tags[row["name"]]
+    registry.update_iteration(project.id, iteration.id, metrics=metrics)
+    base = f"/projects/{project.id}"
+    (picture, _), (tested, _) = scenes(2, seed=5, size=320)
+    with api(local_host) as client:
+        upload = client.post(f"{base}/images", content=picture,
+                             headers={"Content-Type": "application/octet-stream"})
+        assert upload.status_code == 200, upload.text
+        test_id = upload.json()["images"][0]["image"]["id"]
+        doc = detections_metrics(tags, hashlib.sha256(picture).hexdigest())
+        doc["detections"]["samples"][0]["imageId"] = test_id
+        registry.upload_artifact(project.id, iteration.id, METRICS_FILE,
+                                 json.dumps(doc).encode(), "application/json")
+        quick = client.post(f"{base}/quicktest/image", params={"iterationId": iteration.id},
+                            content=tested, headers={"Content-Type": "application/octet-stream"})
+        assert quick.status_code == 200, quick.text
+        prediction_id = quick.json()["id"]
+    p = page.page
+    try:
+        sign_in(page)
+        expect(p.get_by_role("heading", name="Projects", exact=True)).to_be_visible()
+        p.goto(f"/portal/#/p/{project.id}/performance?iteration={iteration.id}")
+        tile = p.locator(".test-images > li")  # (the boxes drawn on it are list items too)
+        expect(tile).to_have_count(1)
+        drawn = tile.get_by_role("list", name=f"Boxes on test image {test_id[:8]}") \
+            .get_by_role("listitem")
+        expect(drawn).to_have_text(["true cat", "true dog", "cat 90.0%", "dog 80.0%"])
+        expect(tile.locator(".verdict")).to_have_text("Mispredicted")  # the cat box: IoU 1/3
+        overlap = p.get_by_label("Overlap threshold")
+        overlap.focus()
+        for _ in range(20):
+            p.keyboard.press("ArrowLeft")
+        expect(p.locator("output.overlap")).to_have_text("30.0%")
+        expect(tile.locator(".verdict")).to_have_text("Correct")
+        expect(tile).to_have_attribute("data-verdict", "correct")
+        check_page(page, "performance-detection-test-images")
+        slider = p.get_by_label("Probability threshold")
+        slider.focus()
+        for _ in range(35):  # 0.85: the dog box (0.8) is no longer predicted
+            p.keyboard.press("ArrowRight")
+        expect(tile.locator(".verdict")).to_have_text("Mispredicted")
+        expect(drawn).to_have_text(["true cat", "true dog", "cat 90.0%"])
+
+        # predictions: correct the stored prediction's boxes, then add it to the training set
+        p.goto(f"/portal/#/p/{project.id}/predictions?iteration={iteration.id}")
+        p.get_by_role("button", name=f"Correct boxes of prediction {prediction_id[:8]}") \
+            .click()
+        editor = p.get_by_role("region", name=f"Correct the boxes of prediction "
+                                              f"{prediction_id[:8]}")
+        expect(editor.get_by_role("heading")).to_be_focused()
+        boxes = editor.locator(".box-layer").get_by_role("button")
+        expect(boxes).to_have_count(2)  # the detector's third box is under the 50% floor
+        for i, (tag, left, top, width, height) in enumerate(SUGGESTED):
+            expect(boxes.nth(i)).to_have_accessible_name(re.compile(
+                f"^Box {i + 1}: {tag}, left {left:.1%}, top {top:.1%}, width {width:.1%}, "
+                f"height {height:.1%}, predicted"))
+        picture_shown = editor.get_by_role("img", name=f"Prediction {prediction_id[:8]}")
+        p.wait_for_function("i => i.complete && i.naturalWidth > 0",
+                            arg=picture_shown.element_handle())
+        boxes.nth(1).focus()
+        p.keyboard.press("Delete")  # the dog box goes
+        expect(boxes).to_have_count(1)
+        expect(boxes.first).to_be_focused()
+        for _ in range(5):
+            p.keyboard.press("ArrowRight")  # the cat box 5% to the right
+        expect(boxes.first).to_have_accessible_name(re.compile(r"left 15\.0%.*corrected$"))
+        editor.get_by_role("button", name="Add a box").click()
+        editor.get_by_label("Tag of corrected box 2").select_option(label="dog")
+        expect(boxes.nth(1)).to_have_accessible_name(re.compile(r"^Box 2: dog, left 35\.0%"))
+        check_page(page, "predictions-corrected-boxes")
+        editor.get_by_role("button", name="Add to training set with these boxes").click()
+        expect(p.get_by_role("status")).to_have_text(
+            f"Added prediction {prediction_id[:8]} to the training set with 2 box(es).")
+        expect(p.get_by_role("button", name="Add to training set with these boxes")) \
+            .to_have_count(0)
+        from visionpipe.stores.label_store import image_id
+        with api(local_host) as client:
+            got = regions_of(client, base, image_id(hashlib.sha256(tested).hexdigest()))
+        assert close(got, [("cat", 0.15, 0.2, 0.3, 0.4), ("dog", 0.35, 0.35, 0.3, 0.3)]), got
     finally:
         with api(local_host) as client:
             client.delete(f"{base}/iterations/{iteration.id}")

@@ -78,7 +78,8 @@ def test_dropped_image_gets_a_custom_vision_result_and_a_store_row(
     assert datetime.fromisoformat(str(result["created"]).replace("Z", "+00:00"))
     predictions = result["predictions"]
     assert isinstance(predictions, list) and len(predictions) == 3
-    assert [set(p) for p in predictions] == [{"probability", "tagId", "tagName"}] * 3
+    assert [set(p) for p in predictions] == [{"probability", "tagId", "tagName", "tagType"}] * 3
+    assert {p["tagType"] for p in predictions} == {"Regular"}
     assert predictions[0]["tagName"] == "blue" and predictions[0]["probability"] > 0.9
     probabilities = [p["probability"] for p in predictions]
     assert probabilities == sorted(probabilities, reverse=True)
@@ -296,7 +297,8 @@ def test_a_detection_project_answers_boxes_in_custom_vision_shape(
     assert [p["probability"] for p in predictions] == sorted(
         (pytest.approx(FIXED_SCORES[i]) for i in kept), key=lambda a: -a.expected)
     for p in predictions:
-        assert set(p) == {"probability", "tagId", "tagName", "boundingBox"}
+        assert set(p) == {"probability", "tagId", "tagName", "boundingBox", "tagType"}
+        assert p["tagType"] == "Regular"
         i = next(i for i in kept if abs(FIXED_SCORES[i] - p["probability"]) < 1e-6)
         assert p["tagName"] == TAGS[FIXED_LABELS[i]]
         assert p["boundingBox"] == pytest.approx(dict(zip(

@@ -286,7 +286,7 @@ def train_detection_iteration(
         project_id=project.id,
         iteration_id=iteration.id,
         classification_type=project.classification_type,
-        tags=tuple(TagOutput(tag.id, tag.name) for tag in snapshot.tags),
+        tags=tuple(TagOutput(tag.id, tag.name, tag.type) for tag in snapshot.tags),
         preprocessing=prep.normalization(),
         backbone=spec.architecture,
         pretrained=bool(built.pretrained),

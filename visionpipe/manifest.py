@@ -24,12 +24,30 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 #: An object detection iteration's picture of predicted vs true boxes on test images.
 DETECTIONS_FILE = "detections.png"
 CLASSIFICATION = "Classification"
+#: Custom Vision's tag types (``Tag.type`` / ``Prediction.tagType``). A manifest written before
+#: tags had a type names none: every tag of it reads as Regular.
+REGULAR_TAG_TYPE = "Regular"
+NEGATIVE_TAG_TYPE = "Negative"
+TAG_OUTPUT_TYPES = (REGULAR_TAG_TYPE, NEGATIVE_TAG_TYPE)
 
 
 @dataclass(frozen=True)
 class TagOutput:
     id: str
     name: str
+    # The tag's type when the iteration was trained, so a prediction answers its ``tagType``
+    # from the model it came from (not from the tag as it is today).
+    type: str = REGULAR_TAG_TYPE
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "type": self.type}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TagOutput:
+        kind = d.get("type") or REGULAR_TAG_TYPE
+        if kind not in TAG_OUTPUT_TYPES:
+            raise ValueError(f"unknown tag type {str(kind)[:64]!r} in the manifest")
+        return cls(d["id"], d["name"], kind)
 
 
 @dataclass(frozen=True)
@@ -65,7 +83,7 @@ class Manifest:
             "projectId": self.project_id,
             "iterationId": self.iteration_id,
             "classificationType": self.classification_type,
-            "tags": [{"id": t.id, "name": t.name} for t in self.tags],
+            "tags": [t.to_dict() for t in self.tags],
             "preprocessing": self.preprocessing.to_dict(),
             "backbone": self.backbone,
             "pretrained": self.pretrained,
@@ -109,7 +127,7 @@ class Manifest:
             project_id=d["projectId"],
             iteration_id=d["iterationId"],
             classification_type=d["classificationType"],
-            tags=tuple(TagOutput(t["id"], t["name"]) for t in d["tags"]),
+            tags=tuple(TagOutput.from_dict(t) for t in d["tags"]),
             preprocessing=(detection_prep.normalization() if detection_prep is not None
                            else PreprocessingSpec.from_dict(d["preprocessing"])),
             backbone=d["backbone"],

@@ -16,7 +16,13 @@ from typing import Any
 from visionpipe import names
 from visionpipe.api import errors as api_errors
 from visionpipe.api.context import ContextView
-from visionpipe.manifest import METRICS_FILE, overall_section
+from visionpipe.manifest import (
+    MANIFEST_FILE,
+    METRICS_FILE,
+    REGULAR_TAG_TYPE,
+    TagOutput,
+    overall_section,
+)
 from visionpipe.messages import EXPORT_FLAVORS
 from visionpipe.stores.label_store import Project
 from visionpipe.stores.registry import Iteration, IterationStatus, NotFound, Publications
@@ -114,6 +120,17 @@ class IterationApi(ContextView):
             return None
         return doc if isinstance(doc, dict) else None
 
+    def tag_types(self, iteration: Iteration) -> dict[str, str]:
+        """Tag id -> type (Regular / Negative) as the iteration's manifest recorded it when it
+        was trained; empty when the manifest is missing or unreadable (every tag then answers
+        Regular, as a manifest from before tags had types does)."""
+        try:
+            raw = json.loads(self.registry.download_artifact(iteration.project_id, iteration.id,
+                                                             MANIFEST_FILE))
+            return {t.id: t.type for t in (TagOutput.from_dict(d) for d in raw["tags"])}
+        except (NotFound, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
     def performance(self, project_id: str, iteration_id: str, threshold: float = 0.5,
                     overlap_threshold: float = 0.5) -> dict[str, Any]:
         """Custom Vision's ``IterationPerformance`` at ``threshold`` (and, for an object
@@ -159,8 +176,10 @@ class IterationApi(ContextView):
 
         iteration = self.trained(project_id, iteration_id)
         doc = self.metrics_document(iteration)
+        type_of = self.tag_types(iteration) if doc is not None else {}
         if doc is not None and isinstance(doc.get(DETECTIONS), dict):
-            return self._detection_image_performances(project_id, doc[DETECTIONS], tag_ids)
+            return self._detection_image_performances(project_id, doc[DETECTIONS], tag_ids,
+                                                      type_of)
         if doc is None or "predictions" not in doc:
             return []
         predictions = doc["predictions"]
@@ -176,11 +195,12 @@ class IterationApi(ContextView):
             ranked = sorted(zip(sample["probabilities"], column_ids, strict=False),
                             key=lambda pt: -pt[0])
             rows.append(self._image_row(project_id, sample, name_of, labels, None,
-                                        [(float(p), t, None) for p, t in ranked]))
+                                        [(float(p), t, None) for p, t in ranked], type_of))
         return rows
 
     def _detection_image_performances(self, project_id: str, document: dict[str, Any],
-                                      tag_ids: list[str]) -> list[dict[str, Any]]:
+                                      tag_ids: list[str], type_of: dict[str, str]
+                                      ) -> list[dict[str, Any]]:
         """An object detector's test images: ``regions`` the true boxes it was scored against,
         ``predictions`` every box it answered (down to the detector's floor, best first)."""
         column_ids = list(document["tagIds"])
@@ -195,13 +215,14 @@ class IterationApi(ContextView):
                 continue
             boxes = [(float(p[1]), column_ids[int(p[0])], tuple(map(float, p[2:6])))
                      for p in sorted(sample.get("predictions", []), key=lambda p: -p[1])]
-            rows.append(self._image_row(project_id, sample, name_of, labels, truth, boxes))
+            rows.append(self._image_row(project_id, sample, name_of, labels, truth, boxes,
+                                        type_of))
         return rows
 
     def _image_row(self, project_id: str, sample: dict[str, Any], name_of: dict[str, str],
                    labels: list[str], regions: list[tuple[str, tuple[float, ...]]] | None,
-                   predictions: list[tuple[float, str, tuple[float, ...] | None]]
-                   ) -> dict[str, Any]:
+                   predictions: list[tuple[float, str, tuple[float, ...] | None]],
+                   type_of: dict[str, str]) -> dict[str, Any]:
         """Custom Vision's ``ImagePerformance``: the test image as the label store knows it now
         (created, size, region ids) with what the iteration was scored on and answered."""
         record = self.label_store.get_image(project_id, sample.get("sha256", ""))
@@ -227,7 +248,8 @@ class IterationApi(ContextView):
                 for t, box in regions],
             "predictions": [
                 {"probability": p, "tagId": t, "tagName": name_of.get(t, t),
-                 "boundingBox": ltwh(box) if box is not None else None, "tagType": "Regular"}
+                 "boundingBox": ltwh(box) if box is not None else None,
+                 "tagType": type_of.get(t, REGULAR_TAG_TYPE)}
                 for p, t, box in predictions],
         }
 

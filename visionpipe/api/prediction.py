@@ -11,9 +11,7 @@ service's shape.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from visionpipe.api import errors as api_errors
 from visionpipe.api.context import RequestContext
@@ -33,7 +31,7 @@ from visionpipe.serving.results import PredictionResult
 from visionpipe.settings import ImageLimits, get_settings
 from visionpipe.storage import Storage
 from visionpipe.stores import prediction_images
-from visionpipe.stores.prediction_store import SOURCE_API, PredictionStore, TagProbability
+from visionpipe.stores.prediction_store import SOURCE_API, PredictionStore
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +93,7 @@ def detect_image(core: ServingCore, project_id: str, iteration_id: str, data: by
     """Validate, detect and (``store``) record one image: ``predictions`` are boxes, best first,
     at most the manifest's ``maxDetections`` (200), no threshold beyond its tiny floor."""
     def boxes(session: Session, checked: PreparedImage) -> PredictionResult:
-        detection = session.detect(checked)
-        return PredictionResult(
-            id=str(uuid.uuid4()), project_id=project_id, iteration_id=detection.iteration_id,
-            created=datetime.now(UTC),
-            predictions=tuple(
-                TagProbability(box.probability, tag_id, tag_name,
-                               (box.left, box.top, box.width, box.height))
-                for box, tag_id, tag_name in detection.ranked()),
-        )
+        return PredictionResult.from_detection(session.detect(checked))
 
     return _predict(core, project_id, iteration_id, data, limits, boxes, store=store,
                     publish_name=publish_name, application=application, storage=storage)

@@ -69,7 +69,7 @@ def _stored_json(p: Any, links: ImageLinks | None = None) -> dict[str, Any]:
         "project": p.project_id,
         "iteration": p.iteration_id,
         "created": iso(p.created),
-        "predictions": [{**t.to_dict(), "boundingBox": None, "tagType": "Regular"}
+        "predictions": [{"boundingBox": None, **t.to_dict()}
                         for t in p.predictions],
     }
 
@@ -178,7 +178,7 @@ def _suggested(api: IterationApi, project_id: str, iteration_id: str | None,
         # Uncertainty: 1 - the best probability (a model sure of its answer teaches little).
         uncertainty = 1.0 - (p.predictions[0].probability if p.predictions else 0.0)
         row = _stored_json(p, links)
-        row["predictions"] = [{**t.to_dict(), "boundingBox": None, "tagType": "Regular"}
+        row["predictions"] = [{"boundingBox": None, **t.to_dict()}
                               for t in kept]
         row.update(width=None, height=None, predictionUncertainty=uncertainty)
         out.append(row)

@@ -30,7 +30,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -128,14 +127,7 @@ def annotated_path(path: str) -> str:
 
 def detection_result(detection: Detection, prediction_id: str) -> PredictionResult:
     """Custom Vision's ``ImagePrediction`` of a detector: boxes, best first."""
-    return PredictionResult(
-        id=prediction_id, project_id=detection.project_id,
-        iteration_id=detection.iteration_id, created=datetime.now(UTC),
-        predictions=tuple(
-            TagProbability(box.probability, tag_id, tag_name,
-                           (box.left, box.top, box.width, box.height))
-            for box, tag_id, tag_name in detection.ranked()),
-    )
+    return PredictionResult.from_detection(detection, prediction_id)
 
 
 def draw_boxes(data: bytes, predictions: Sequence[TagProbability], *,

@@ -39,7 +39,7 @@ from visionpipe.detection_decode import (
     stretch_picture,
 )
 from visionpipe.imaging import decode_slot
-from visionpipe.manifest import MANIFEST_FILE, MODEL_FILE, Manifest
+from visionpipe.manifest import MANIFEST_FILE, MODEL_FILE, REGULAR_TAG_TYPE, Manifest
 from visionpipe.preprocessing import (
     PreprocessingSpec,
     crop_picture,
@@ -220,6 +220,7 @@ class ModelSession:
             raise ModelUnavailable(f"model output {manifest.output_name!r} not in graph {outputs}")
         self.tag_ids = tuple(t.id for t in manifest.tags)
         self.tag_names = tuple(t.name for t in manifest.tags)
+        self.tag_types = tuple(t.type for t in manifest.tags)
         self._batcher = _Batcher(self.run_batch, config.max_batch, config.concurrent_runs)
 
     @property
@@ -281,7 +282,7 @@ class ModelSession:
     def classify(self, image: bytes | PreparedImage) -> Classification:
         probs = self.infer(self.input_for(image))
         return Classification(self.project_id, self.iteration_id, self.tag_ids, self.tag_names,
-                              probs)
+                              probs, self.tag_types)
 
 
 @dataclass(frozen=True)
@@ -293,12 +294,28 @@ class Classification:
     tag_ids: tuple[str, ...]
     tag_names: tuple[str, ...]
     probabilities: np.ndarray
+    # Each tag's type (manifest ``TagOutput.type``); empty or short: the rest read as Regular.
+    tag_types: tuple[str, ...] = ()
 
     def ranked(self) -> list[tuple[float, str, str]]:
         """(probability, tag id, tag name), most probable first (ties: model order)."""
         order = np.argsort(-self.probabilities, kind="stable")
         return [(float(self.probabilities[i]), self.tag_ids[i], self.tag_names[i])
                 for i in order]
+
+    def tag_type(self, tag_id: str) -> str:
+        """The type (Regular / Negative) of one of this model's tags: what ``tagType`` answers."""
+        return _tag_type(self.tag_ids, self.tag_types, tag_id)
+
+
+def _tag_type(tag_ids: tuple[str, ...], tag_types: tuple[str, ...], tag_id: str) -> str:
+    """``tag_types`` runs parallel to ``tag_ids``; a tag with no type recorded is Regular
+    (sessions built by hand, manifests from before tags had types)."""
+    try:
+        index = tag_ids.index(tag_id)
+    except ValueError:
+        return REGULAR_TAG_TYPE
+    return tag_types[index] if index < len(tag_types) else REGULAR_TAG_TYPE
 
 
 # --- one detector -----------------------------------------------------------------------------
@@ -311,10 +328,15 @@ class Detection:
     tag_ids: tuple[str, ...]
     tag_names: tuple[str, ...]
     boxes: tuple[BoxPrediction, ...]
+    tag_types: tuple[str, ...] = ()  # as Classification.tag_types
 
     def ranked(self) -> list[tuple[BoxPrediction, str, str]]:
         """(box, tag id, tag name), most probable first."""
         return [(b, self.tag_ids[b.tag_index], self.tag_names[b.tag_index]) for b in self.boxes]
+
+    def tag_type(self, tag_id: str) -> str:
+        """The type (Regular / Negative) of one of this detector's tags."""
+        return _tag_type(self.tag_ids, self.tag_types, tag_id)
 
 
 class DetectionSession:
@@ -356,6 +378,7 @@ class DetectionSession:
             raise ModelUnavailable(f"model outputs {missing} not in graph {outputs}")
         self.tag_ids = tuple(t.id for t in manifest.tags)
         self.tag_names = tuple(t.name for t in manifest.tags)
+        self.tag_types = tuple(t.type for t in manifest.tags)
         self.runs = 0  # session runs made, for tests and benchmarks
 
     @property
@@ -415,7 +438,7 @@ class DetectionSession:
         except ValueError as e:  # outputs that disagree: the model file is broken
             raise ModelUnavailable(f"the detector's outputs are unusable: {e}") from e
         return Detection(self.project_id, self.iteration_id, self.tag_ids, self.tag_names,
-                         tuple(found))
+                         tuple(found), self.tag_types)
 
 
 Session = ModelSession | DetectionSession
@@ -642,7 +665,8 @@ class ServingCore:
         model = self.session(project_id, publication.iteration_id)
         batch = np.stack([model.tensor(data) for data in images])
         probs = model.run_batch(batch)
-        return [Classification(project_id, model.iteration_id, model.tag_ids, model.tag_names, p)
+        return [Classification(project_id, model.iteration_id, model.tag_ids, model.tag_names, p,
+                               model.tag_types)
                 for p in probs]
 
 

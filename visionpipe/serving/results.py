@@ -1,4 +1,5 @@
-"""Custom Vision's ``ImagePrediction``: what a classification answers, on every path.
+"""Custom Vision's ``ImagePrediction``: what a classification or detection answers, on every
+path.
 
 The HTTP prediction routes, quick test and the drop folder all answer in this one shape, and the
 prediction store keeps it (``stored``), so a prediction reads the same wherever it was made.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from visionpipe.serving.core import Classification
+from visionpipe.serving.core import Classification, Detection
 from visionpipe.stores.prediction_store import StoredPrediction, TagProbability
 from visionpipe.timestamps import now_iso
 
@@ -34,7 +35,24 @@ class PredictionResult:
             project_id=c.project_id,
             iteration_id=c.iteration_id,
             created=created or datetime.now(UTC),
-            predictions=tuple(TagProbability(p, tag_id, name) for p, tag_id, name in c.ranked()),
+            predictions=tuple(TagProbability(p, tag_id, name, tag_type=c.tag_type(tag_id))
+                              for p, tag_id, name in c.ranked()),
+        )
+
+    @classmethod
+    def from_detection(cls, d: Detection, prediction_id: str | None = None,
+                       created: datetime | None = None) -> PredictionResult:
+        """A detector's ``ImagePrediction``: boxes, best first (the HTTP routes and the drop
+        folder both answer this one shape)."""
+        return cls(
+            id=prediction_id or str(uuid.uuid4()),
+            project_id=d.project_id,
+            iteration_id=d.iteration_id,
+            created=created or datetime.now(UTC),
+            predictions=tuple(
+                TagProbability(box.probability, tag_id, tag_name,
+                               (box.left, box.top, box.width, box.height), d.tag_type(tag_id))
+                for box, tag_id, tag_name in d.ranked()),
         )
 
     def to_dict(self) -> dict[str, Any]:

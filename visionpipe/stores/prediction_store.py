@@ -35,6 +35,16 @@ def _box(raw: Any) -> tuple[float, float, float, float] | None:
     return (float(raw["left"]), float(raw["top"]), float(raw["width"]), float(raw["height"]))
 
 
+#: Custom Vision's ``Prediction.tagType`` values; a row stored before predictions carried a
+#: type reads as Regular (the only kind of tag there was then).
+REGULAR_TAG_TYPE = "Regular"
+TAG_TYPES = (REGULAR_TAG_TYPE, "Negative")
+
+
+def _tag_type(raw: Any) -> str:
+    return raw if raw in TAG_TYPES else REGULAR_TAG_TYPE
+
+
 @dataclass(frozen=True)
 class TagProbability:
     probability: float
@@ -42,10 +52,12 @@ class TagProbability:
     tag_name: str
     # An object detection prediction's box: left, top, width, height as fractions of the image.
     bounding_box: tuple[float, float, float, float] | None = None
+    # Custom Vision's ``tagType`` (Regular / Negative), from the iteration's manifest.
+    tag_type: str = REGULAR_TAG_TYPE
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"probability": self.probability, "tagId": self.tag_id,
-                                "tagName": self.tag_name}
+                                "tagName": self.tag_name, "tagType": self.tag_type}
         if self.bounding_box is not None:
             left, top, width, height = self.bounding_box
             body["boundingBox"] = {"left": left, "top": top, "width": width, "height": height}
@@ -93,7 +105,7 @@ class StoredPrediction:
             created=e["created"],
             predictions=tuple(
                 TagProbability(float(p["probability"]), p["tagId"], p["tagName"],
-                               _box(p.get("boundingBox")))
+                               _box(p.get("boundingBox")), _tag_type(p.get("tagType")))
                 for p in json.loads(e.get("predictions") or "[]")
             ),
             source=e.get("source", ""),

@@ -6,6 +6,7 @@
 import { training, pictureUrl, seg, VISIONPIPE } from "../api.js";
 import { h, fill, field, table, pct } from "../dom.js";
 import { trainedIterations, iterationPicker, noIterations } from "./common.js";
+import { testImages } from "./test_images.js";
 
 const DEBOUNCE_MS = 200;
 
@@ -50,9 +51,15 @@ export async function performancePage(root, ctx) {
       table(`Per tag at ${at}`, ["Tag", "Precision", "Recall", "AP"],
         perf.perTagPerformance.map((t) => [t.name, pct(t.precision), pct(t.recall), pct(t.averagePrecision)])));
   }
+  const gallery = testImages(ctx, base, picker.value, {
+    detection,
+    multilabel: ctx.project.settings?.classificationType === "Multilabel",
+    thresholds: () => ({ threshold: Number(slider.value), overlap: overlap ? Number(overlap.value) : 0.5 }),
+  });
   function onSlide(input, output) {
     input.addEventListener("input", () => {
       output.textContent = pct(input.value);
+      gallery.judge(); // the outlines follow the slider at once; the figures after the API
       clearTimeout(timer);
       timer = setTimeout(() => ctx.guard(load), DEBOUNCE_MS);
     });
@@ -82,8 +89,9 @@ export async function performancePage(root, ctx) {
   }
   fill(root, h("h1", {}, "Performance"),
     h("section", { class: "card" }, control, h("div", { class: "sliders" }, sliderField, overlapField), figures),
+    gallery.section,
     h("section", { class: "card", "aria-labelledby": "plots-title" }, h("h2", { id: "plots-title" }, "Plots"), plots));
-  await load();
+  await Promise.all([load(), ctx.guard(gallery.load)]);
   fill(plots, await plot("pr_curve.png", "Precision-recall curve"),
     await plot("confusion_matrix.png", "Confusion matrix"));
 }
