@@ -328,6 +328,9 @@ def test_the_exported_server_classifies_an_image(docker_zip: bytes, tmp_path: Pa
         assert answer["predictions"][0]["tagName"] == "blue"
         assert set(answer) == {"id", "project", "iteration", "created", "predictions"}
         assert answer["predictions"][0]["probability"] >= answer["predictions"][1]["probability"]
+        shipped = json.loads((tmp_path / "manifest.json").read_text())
+        types = {t["id"]: t["type"] for t in shipped["tags"]}  # recorded at training time
+        assert {p["tagId"]: p["tagType"] for p in answer["predictions"]} == types
         form = httpx.post(base + "/image", files={"imageData": color_image("green")},
                           timeout=10).json()
         assert form["predictions"][0]["tagName"] == "green"

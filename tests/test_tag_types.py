@@ -164,5 +164,11 @@ def test_detect_answers_each_boxes_tag_type(
         assert [p.tag_name for p in result.predictions] == ["cat", "dog"]
         assert [p.tag_type for p in result.predictions] == [REGULAR, NEGATIVE]
         assert result.predictions[0].bounding_box is not None
+    # tag-and-region suggestions for a training image answer the same types
+    uploaded = trainer.create_images_from_data(project.id, picture)
+    (image_id,) = [i.image.id for i in uploaded.images]
+    (suggested,) = trainer.suggest_tags_and_regions(project.id, iteration.id, [image_id])
+    assert {p.tag_name: p.tag_type for p in suggested.predictions} == {
+        "cat": REGULAR, "dog": NEGATIVE}
     registry.delete_project(project.id)
     label_store.delete_project(project.id)

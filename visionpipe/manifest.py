@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionpipe import tag_types
 from visionpipe.detection_decode import DOMAIN_TYPE as OBJECT_DETECTION
 from visionpipe.detection_decode import DetectionPreprocessing
 from visionpipe.preprocessing import PreprocessingSpec
@@ -24,11 +25,11 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 #: An object detection iteration's picture of predicted vs true boxes on test images.
 DETECTIONS_FILE = "detections.png"
 CLASSIFICATION = "Classification"
-#: Custom Vision's tag types (``Tag.type`` / ``Prediction.tagType``). A manifest written before
-#: tags had a type names none: every tag of it reads as Regular.
-REGULAR_TAG_TYPE = "Regular"
-NEGATIVE_TAG_TYPE = "Negative"
-TAG_OUTPUT_TYPES = (REGULAR_TAG_TYPE, NEGATIVE_TAG_TYPE)
+#: Custom Vision's tag types (visionpipe/tag_types.py). A manifest written before tags had a type
+#: names none: every tag of it reads as Regular.
+REGULAR_TAG_TYPE = tag_types.REGULAR
+NEGATIVE_TAG_TYPE = tag_types.NEGATIVE
+TAG_OUTPUT_TYPES = tag_types.STORED
 
 
 @dataclass(frozen=True)

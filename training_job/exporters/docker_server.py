@@ -97,7 +97,8 @@ class Model:
             "iteration": self.manifest.get("iterationId", ""),
             "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "predictions": [{"probability": float(p), "tagId": t["id"], "tagName": t["name"],
-                             "boundingBox": None, "tagType": "Regular"} for p, t in ranked],
+                             "boundingBox": None, "tagType": t.get("type", "Regular")}
+                            for p, t in ranked],
         }
 
 

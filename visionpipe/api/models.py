@@ -14,13 +14,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from visionpipe import tag_types
 from visionpipe.api.adapter import WithStatus
 from visionpipe.rejections import Reason
 from visionpipe.stores.label_store import ImageRecord, ImageRegion, Project, Tag
 from visionpipe.timestamps import iso
 
-REGULAR_TAG = "Regular"
-TAG_TYPES = ("Regular", "Negative", "GeneralProduct")
+REGULAR_TAG = tag_types.REGULAR
+TAG_TYPES = tag_types.SDK
 
 
 

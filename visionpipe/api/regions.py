@@ -301,15 +301,17 @@ def suggest_tags_and_regions(ctx: RequestContext, project_id: str, iteration_id:
             continue
         try:
             if session.is_detection:
+                found = session.detect(data)
                 predictions = [
                     {"probability": box.probability, "tagId": tag_id, "tagName": tag_name,
-                     "boundingBox": box.bounding_box(), "tagType": "Regular"}
-                    for box, tag_id, tag_name in session.detect(data).ranked()]
+                     "boundingBox": box.bounding_box(), "tagType": found.tag_type(tag_id)}
+                    for box, tag_id, tag_name in found.ranked()]
             else:
+                answer = session.classify(data)
                 predictions = [
                     {"probability": p, "tagId": tag_id, "tagName": tag_name,
-                     "boundingBox": None, "tagType": "Regular"}
-                    for p, tag_id, tag_name in session.classify(data).ranked()]
+                     "boundingBox": None, "tagType": answer.tag_type(tag_id)}
+                    for p, tag_id, tag_name in answer.ranked()]
         except UndecodableImage as e:
             raise api_errors.bad_request("BadRequestImageFormat", str(e)) from e
         except ModelUnavailable as e:

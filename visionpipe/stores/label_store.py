@@ -55,7 +55,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableErrorCode, TableTransactionError, UpdateMode
 
-from visionpipe import names
+from visionpipe import names, tag_types
 from visionpipe.domains import GENERAL_DOMAIN_ID, OBJECT_DETECTION, domain_type
 from visionpipe.rejections import Reason, Rejected
 from visionpipe.storage import Storage
@@ -79,11 +79,9 @@ _LOST_RACE = frozenset({
 })
 
 
-REGULAR_TAG = "Regular"
-NEGATIVE_TAG = "Negative"
-#: Tag types visionpipe stores (Custom Vision's ``GeneralProduct`` is for retail domains it has
-#: not: the API refuses it).
-TAG_TYPES = (REGULAR_TAG, NEGATIVE_TAG)
+REGULAR_TAG = tag_types.REGULAR
+NEGATIVE_TAG = tag_types.NEGATIVE
+TAG_TYPES = tag_types.STORED  # Custom Vision's GeneralProduct is refused by the API
 _NEGATIVE_KEY = "name-negative"  # the row naming the project's one Negative tag
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from visionpipe import names
+from visionpipe import names, tag_types
 from visionpipe.storage import Storage
 
 #: How many (probability, tag) pairs a row keeps, most probable first; a Table property holds
@@ -35,14 +35,7 @@ def _box(raw: Any) -> tuple[float, float, float, float] | None:
     return (float(raw["left"]), float(raw["top"]), float(raw["width"]), float(raw["height"]))
 
 
-#: Custom Vision's ``Prediction.tagType`` values; a row stored before predictions carried a
-#: type reads as Regular (the only kind of tag there was then).
-REGULAR_TAG_TYPE = "Regular"
-TAG_TYPES = (REGULAR_TAG_TYPE, "Negative")
-
-
-def _tag_type(raw: Any) -> str:
-    return raw if raw in TAG_TYPES else REGULAR_TAG_TYPE
+REGULAR_TAG_TYPE = tag_types.REGULAR
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,8 @@ class StoredPrediction:
             created=e["created"],
             predictions=tuple(
                 TagProbability(float(p["probability"]), p["tagId"], p["tagName"],
-                               _box(p.get("boundingBox")), _tag_type(p.get("tagType")))
+                               _box(p.get("boundingBox")),
+                               tag_types.stored_or_regular(p.get("tagType")))
                 for p in json.loads(e.get("predictions") or "[]")
             ),
             source=e.get("source", ""),
