@@ -8,12 +8,10 @@
 
 import { call, training, seg, TRAINING } from "../api.js";
 import { h, fill, field, select, table, pct } from "../dom.js";
-import { clampBox, moved, resized, round } from "./boxes.js";
+import { clampBox } from "./boxes.js";
+import { dragBox, drawBox, keyedBox, placeBox } from "./box_editing.js";
 
 export const CORRECTION_FLOOR = 0.5; // predicted boxes below this are not pre-filled
-const STEP = 0.01;
-const MIN_DRAG = 0.01;
-const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
 
 /** The boxes to start from: the stored ones, or, where the stored row lists tags without their
  *  boxes, the same iteration's answer for the same kept picture (asked with store=false, so
@@ -69,12 +67,10 @@ export async function correctionsEditor(ctx, base, prediction, tags, done) {
 
   function render(focusKey = null) {
     fill(layer, boxes.map((b, i) => {
-      const [left, top, width, height] = b.box;
       const el = h("button", { type: "button", class: "box unsaved", "data-key": b.key, "aria-label": describe(b, i) },
         h("span", { class: "box-tag", "aria-hidden": "true" }, tagName.get(b.tagId) ?? "?"),
         h("span", { class: "handle", "aria-hidden": "true", "data-handle": "se" }));
-      el.style.left = `${left * 100}%`; el.style.top = `${top * 100}%`;
-      el.style.width = `${width * 100}%`; el.style.height = `${height * 100}%`;
+      placeBox(el, b.box);
       el.addEventListener("keydown", (event) => onKey(event, b));
       el.addEventListener("pointerdown", (event) => startDrag(event, b));
       return el;
@@ -103,74 +99,26 @@ export async function correctionsEditor(ctx, base, prediction, tags, done) {
   }
 
   function onKey(event, b) {
-    if (event.key === "Delete" || event.key === "Backspace") {
-      event.preventDefault();
+    const next = keyedBox(event, b.box);
+    if (next === "remove") {
       removeBox(b);
-      return;
+    } else if (next) {
+      b.box = next;
+      b.source = "corrected";
+      render(b.key);
     }
-    const arrow = ARROWS[event.key];
-    if (!arrow || event.altKey || event.ctrlKey || event.metaKey) return;
-    event.preventDefault();
-    const [dx, dy] = arrow.map((d) => d * STEP);
-    b.box = event.shiftKey ? resized(b.box, dx, dy) : moved(b.box, dx, dy);
-    b.source = "corrected";
-    render(b.key);
-  }
-
-  function fraction(event) {
-    const rect = layer.getBoundingClientRect();
-    return [(event.clientX - rect.left) / rect.width, (event.clientY - rect.top) / rect.height];
-  }
-
-  function track(event, onMove, onEnd) {
-    event.preventDefault();
-    const target = event.currentTarget;
-    target.setPointerCapture?.(event.pointerId);
-    const move = (e) => onMove(fraction(e));
-    const end = (e) => {
-      target.removeEventListener("pointermove", move);
-      target.removeEventListener("pointerup", end);
-      target.removeEventListener("pointercancel", end);
-      onEnd(fraction(e));
-    };
-    target.addEventListener("pointermove", move);
-    target.addEventListener("pointerup", end);
-    target.addEventListener("pointercancel", end);
   }
 
   function startDrag(event, b) {
-    if (event.button !== 0) return;
-    event.stopPropagation();
-    const [x0, y0] = fraction(event);
     const start = b.box;
-    const resizing = event.target.dataset?.handle === "se";
-    const el = event.currentTarget;
-    track(event, ([x, y]) => {
-      b.box = resizing ? resized(start, x - x0, y - y0) : moved(start, x - x0, y - y0);
-      const [l, t, w, hh] = b.box;
-      el.style.left = `${l * 100}%`; el.style.top = `${t * 100}%`;
-      el.style.width = `${w * 100}%`; el.style.height = `${hh * 100}%`;
-    }, () => { if (b.box !== start) b.source = "corrected"; render(b.key); });
+    dragBox(layer, event, start, (box) => { b.box = box; },
+      () => { if (b.box !== start) b.source = "corrected"; render(b.key); });
   }
 
   stage.addEventListener("pointerdown", (event) => {
     if (event.button !== 0 || event.target.closest(".box") || !newTag.value) return;
-    const [x0, y0] = fraction(event);
-    const ghost = h("div", { class: "box drawing", "aria-hidden": "true" });
-    layer.append(ghost);
-    const corners = (x, y) => {
-      const left = Math.max(0, Math.min(x0, x)); const top = Math.max(0, Math.min(y0, y));
-      return [left, top, Math.min(1, Math.max(x0, x)) - left, Math.min(1, Math.max(y0, y)) - top];
-    };
-    track(event, ([x, y]) => {
-      const [l, t, w, hh] = corners(x, y);
-      ghost.style.left = `${l * 100}%`; ghost.style.top = `${t * 100}%`;
-      ghost.style.width = `${w * 100}%`; ghost.style.height = `${hh * 100}%`;
-    }, ([x, y]) => {
-      ghost.remove();
-      const box = corners(x, y);
-      if (box[2] < MIN_DRAG || box[3] < MIN_DRAG) return;
-      const b = { key: key(), tagId: newTag.value, box: clampBox(box.map(round)), source: "drawn" };
+    drawBox(layer, event, (box) => {
+      const b = { key: key(), tagId: newTag.value, box: clampBox(box), source: "drawn" };
       boxes.push(b);
       render(b.key);
       note.textContent = `Box ${boxes.length} drawn as ${tagName.get(b.tagId)}.`;

@@ -10,16 +10,13 @@
 import { training, pictureUrl, seg, TRAINING } from "../api.js";
 import { h, fill, field, select, table, pct } from "../dom.js";
 import { trainedIterations } from "./common.js";
-import { boxIou, clampBox, moved, resized, sameBox, round } from "./boxes.js";
+import { boxIou, clampBox, sameBox } from "./boxes.js";
+import { dragBox, drawBox, keyedBox, placeBox } from "./box_editing.js";
 
-const STEP = 0.01; // (no finer step on Alt: Alt+Left is the browser's Back)
-const MIN_DRAG = 0.01; // a click without a drag draws nothing
 const SUGGESTION_FLOOR = 0.5; // suggestions below this probability are not pre-filled
 const PROPOSAL_FLOOR = 0.5;
 const COVERED_IOU = 0.5; // a proposal overlapping a box this much is already labelled
 const MAX_BATCH = 64; // the region routes' batch size
-
-const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
 
 export async function labelPage(root, ctx) {
   const base = `/projects/${seg(ctx.projectId)}`;
@@ -71,17 +68,12 @@ export async function labelPage(root, ctx) {
   function render(focusKey = null) {
     const hadFocusIn = layer.contains(document.activeElement) ? document.activeElement.dataset.key : null;
     fill(layer, boxes.map((b, i) => {
-      const [left, top, width, height] = b.box;
       const el = h("button", {
         type: "button", class: `box${b.key === selectedKey ? " selected" : ""}${b.regionId ? "" : " unsaved"}`,
         "data-key": b.key, "aria-label": describe(b, i), "aria-pressed": b.key === selectedKey ? "true" : "false",
       }, h("span", { class: "box-tag", "aria-hidden": "true" }, tagName.get(b.tagId) ?? "?"),
       h("span", { class: "handle", "aria-hidden": "true", "data-handle": "se" }));
-      // Position by properties (style attributes are text the CSP would judge).
-      el.style.left = `${left * 100}%`;
-      el.style.top = `${top * 100}%`;
-      el.style.width = `${width * 100}%`;
-      el.style.height = `${height * 100}%`;
+      placeBox(el, b.box);
       el.addEventListener("focus", () => select_(b.key, false));
       el.addEventListener("keydown", (event) => onKey(event, b.key));
       el.addEventListener("pointerdown", (event) => startDrag(event, b.key));
@@ -145,79 +137,23 @@ export async function labelPage(root, ctx) {
   function onKey(event, key) {
     const b = boxes.find((x) => x.key === key);
     if (!b) return;
-    if (event.key === "Delete" || event.key === "Backspace") {
-      event.preventDefault();
-      removeBox(key);
-      return;
-    }
-    const arrow = ARROWS[event.key];
-    if (!arrow) return;
-    if (event.altKey || event.ctrlKey || event.metaKey) return; // the browser's and the system's
-    event.preventDefault();
-    const [dx, dy] = arrow.map((d) => d * STEP);
-    update(key, event.shiftKey ? resized(b.box, dx, dy) : moved(b.box, dx, dy));
+    const next = keyedBox(event, b.box);
+    if (next === "remove") removeBox(key);
+    else if (next) update(key, next);
   }
 
   // --- the mouse: drag on the picture draws, on a box moves, on its corner resizes ---
-  function fraction(event) {
-    const rect = layer.getBoundingClientRect();
-    return [(event.clientX - rect.left) / rect.width, (event.clientY - rect.top) / rect.height];
-  }
-
-  function track(event, onMove, onEnd) {
-    event.preventDefault();
-    const target = event.currentTarget;
-    target.setPointerCapture?.(event.pointerId);
-    const move = (e) => onMove(fraction(e));
-    const end = (e) => {
-      target.removeEventListener("pointermove", move);
-      target.removeEventListener("pointerup", end);
-      target.removeEventListener("pointercancel", end);
-      onEnd(fraction(e));
-    };
-    target.addEventListener("pointermove", move);
-    target.addEventListener("pointerup", end);
-    target.addEventListener("pointercancel", end);
-  }
-
   function startDrag(event, key) {
-    if (event.button !== 0) return;
-    event.stopPropagation();
     const b = boxes.find((x) => x.key === key);
     if (!b) return;
-    const [x0, y0] = fraction(event);
-    const start = b.box;
-    const resizing = event.target.dataset?.handle === "se";
-    const el = event.currentTarget;
-    track(event, ([x, y]) => {
-      const next = resizing ? resized(start, x - x0, y - y0) : moved(start, x - x0, y - y0);
-      b.box = next;
-      const [l, t, w, hh] = next;
-      el.style.left = `${l * 100}%`; el.style.top = `${t * 100}%`;
-      el.style.width = `${w * 100}%`; el.style.height = `${hh * 100}%`;
-    }, () => { selectedKey = key; render(key); });
+    dragBox(layer, event, b.box, (box) => { b.box = box; }, () => { selectedKey = key; render(key); });
   }
 
   stage.addEventListener("pointerdown", (event) => {
     if (event.button !== 0 || event.target.closest(".box")) return;
     if (!newTag.value) { ctx.showError(new Error("add a tag to the project first")); return; }
-    const [x0, y0] = fraction(event);
-    const ghost = h("div", { class: "box drawing", "aria-hidden": "true" });
-    layer.append(ghost);
-    const corners = (x, y) => {
-      const left = Math.max(0, Math.min(x0, x)); const top = Math.max(0, Math.min(y0, y));
-      const right = Math.min(1, Math.max(x0, x)); const bottom = Math.min(1, Math.max(y0, y));
-      return [left, top, right - left, bottom - top];
-    };
-    track(event, ([x, y]) => {
-      const [l, t, w, hh] = corners(x, y);
-      ghost.style.left = `${l * 100}%`; ghost.style.top = `${t * 100}%`;
-      ghost.style.width = `${w * 100}%`; ghost.style.height = `${hh * 100}%`;
-    }, ([x, y]) => {
-      ghost.remove();
-      const box = corners(x, y);
-      if (box[2] < MIN_DRAG || box[3] < MIN_DRAG) return;
-      const b = addBox(box.map(round), newTag.value);
+    drawBox(layer, event, (box) => {
+      const b = addBox(box, newTag.value);
       render(b.key);
       note.textContent = `Box ${boxes.length} drawn as ${tagName.get(b.tagId)} (not saved yet).`;
     });
