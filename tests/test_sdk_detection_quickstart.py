@@ -18,13 +18,10 @@ options; the same code path as the domains' detectors).
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,16 +29,14 @@ import pytest
 
 from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
 from tests.detection_samples import scene
-from visionpipe import names
+from tests.training_worker import watching_worker, worker_log
 from visionpipe.annotations import Region
 from visionpipe.detection_metrics import Detection, GroundTruth, evaluate, iou
-from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 128  # detector input side
 SCENE = 256  # picture side: Custom Vision refuses training images under 256 px
 TRAIN_SCENES = 44  # >= 15 pictures per tag with boxes of it (Custom Vision's minimum)
@@ -59,47 +54,14 @@ def scenes(n: int, seed: int) -> list[tuple[bytes, tuple]]:
 @pytest.fixture(scope="module")
 def worker(storage: Storage, local_host: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m training_job --watch`` on a queue of this module's own."""
-    queue = f"tr-det-{uuid.uuid4().hex[:8]}"
-    storage.queues.create_queue(queue)
-    storage.queues.create_queue(queue + names.POISON_SUFFIX)
-    saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
-    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = queue
-    reset_settings()
-    cache = tmp_path_factory.mktemp("detection-worker")
-    log_file = (cache / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "training_job", "--watch", "--queue", queue,
-         "--events-queue", names.TRAINING_EVENTS, "--poll-interval", "0.5",
-         "--detection-input-size", str(SIZE), "--detection-epochs", "24",
-         "--detection-patience", "24", "--detection-batch-size", "4", "--detection-lr", "1e-3",
-         "--detection-box-head", "256", "--detection-roi-samples", "32",
-         "--detection-rpn-proposals", "100", "--threads", "1",
-         "--cache-dir", str(cache / "images"), "--weights-dir", str(cache / "no-weights"),
-         "--visibility-timeout", "120", "--device", "cpu", "--workers", "0"],
-        cwd=REPO, env=dict(os.environ), stdout=log_file, stderr=subprocess.STDOUT,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log_file.close()
-    if saved is None:
-        os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
-    else:
-        os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
-    reset_settings()
-    for name in (queue, queue + names.POISON_SUFFIX):
-        storage.queues.delete_queue(name)
-
-
-def worker_log(process: subprocess.Popen[bytes]) -> str:
-    cache = Path(process.args[process.args.index("--cache-dir") + 1])  # type: ignore[union-attr]
-    path = cache.parent / "worker.log"
-    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+    """A CPU worker with a small detector: what trains from a random init in about a minute."""
+    with watching_worker(
+            storage, tmp_path_factory.mktemp("detection-worker"), "tr-det",
+            "--detection-input-size", str(SIZE), "--detection-epochs", "24",
+            "--detection-patience", "24", "--detection-batch-size", "4", "--detection-lr", "1e-3",
+            "--detection-box-head", "256", "--detection-roi-samples", "32",
+            "--detection-rpn-proposals", "100", "--threads", "1") as process:
+        yield process
 
 
 def right(prediction: Any, regions: tuple[Region, ...]) -> bool:

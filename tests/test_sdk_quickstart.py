@@ -10,72 +10,34 @@ subprocess, on the CPU, with the smallest configuration that still learns two co
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
 from tests.model_factory import color_image
-from visionpipe import names
-from visionpipe.settings import reset_settings
+from tests.training_worker import watching_worker, worker_log
 from visionpipe.storage import Storage
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 TRAINING_DEADLINE_S = 150
 
 
 @pytest.fixture(scope="module")
 def worker(storage: Storage, local_host: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m training_job --watch`` on a queue of this module's own."""
-    queue = f"tr-sdk-{uuid.uuid4().hex[:8]}"
-    storage.queues.create_queue(queue)
-    storage.queues.create_queue(queue + names.POISON_SUFFIX)
-    saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
-    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = queue  # where the train route enqueues
-    reset_settings()  # settings are read once per process, like a restart
-    cache = tmp_path_factory.mktemp("sdk-worker")
-    log = (cache / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "training_job", "--watch", "--queue", queue,
-         "--events-queue", names.TRAINING_EVENTS, "--poll-interval", "0.5",
-         "--backbone", "mobilenet_v3_small", "--resize", "72", "--crop", "64",
-         "--epochs", "15", "--patience", "15", "--batch-size", "8", "--lr", "3e-3",
-         "--exporter", "torchscript", "--cache-dir", str(cache / "images"),
-         "--weights-dir", str(cache / "no-weights"), "--visibility-timeout", "120",
-         "--device", "cpu", "--workers", "0"],
-        cwd=REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
-    if saved is None:
-        os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
-    else:
-        os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
-    reset_settings()
-    for name in (queue, queue + names.POISON_SUFFIX):
-        storage.queues.delete_queue(name)
-
-
-def worker_log(tmp: subprocess.Popen[bytes]) -> str:
-    out = tmp.args[tmp.args.index("--cache-dir") + 1]  # type: ignore[union-attr]
-    path = Path(out).parent / "worker.log"
-    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+    """A CPU worker with a small, quick classifier."""
+    with watching_worker(
+            storage, tmp_path_factory.mktemp("sdk-worker"), "tr-sdk",
+            "--backbone", "mobilenet_v3_small", "--resize", "72", "--crop", "64",
+            "--epochs", "15", "--patience", "15", "--batch-size", "8", "--lr", "3e-3",
+            "--exporter", "torchscript") as process:
+        yield process
 
 
 def test_custom_vision_python_quickstart(local_host: str,
