@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from visionpipe import names
+from visionpipe.client.client import VisionpipeClient
 from visionpipe.local.azurite import Azurite, free_port, start_azurite
 from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage, get_storage
@@ -139,3 +140,22 @@ def published(registry: Registry, label_store: LabelStore, project: Project) -> 
     iteration = register_color_iteration(registry, label_store, project)
     publish(registry, label_store, project.id, iteration.id, "prod")
     return iteration
+
+
+# --- the visionpipe CLI and its HTTP client (tests/cli_runner.py runs the commands) ---
+@pytest.fixture
+def cli_env(local_host: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The local host and the test keys as the CLI's environment; a wide terminal, so tables
+    do not wrap what the tests look for."""
+    monkeypatch.setenv("VISIONPIPE_ENDPOINT", local_host)
+    monkeypatch.setenv("VISIONPIPE_TRAINING_KEY", TEST_TRAINING_KEY)
+    monkeypatch.setenv("VISIONPIPE_PREDICTION_KEY", TEST_PREDICTION_KEY)
+    monkeypatch.setenv("COLUMNS", "200")
+    return local_host
+
+
+@pytest.fixture
+def client(local_host: str) -> Iterator[VisionpipeClient]:
+    """The CLI's HTTP client on the local host, for setting up and reading back."""
+    with VisionpipeClient(local_host, TEST_TRAINING_KEY, TEST_PREDICTION_KEY) as c:
+        yield c

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_runner import cli_env, invoke, runner  # noqa: F401 - cli_env: a fixture
+from tests.cli_runner import invoke, runner
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
 from visionpipe import names

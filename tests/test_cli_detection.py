@@ -14,15 +14,13 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from tests.cli_runner import cli_env, invoke, rows_of  # noqa: F401 - cli_env: a fixture
-from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
+from tests.cli_runner import invoke, rows_of
 from tests.model_factory import color_image
 from tests.test_detection_api import build_fixed_detector, register_detection_iteration
 from visionpipe.annotations import Region
@@ -43,12 +41,6 @@ BOXES = {
 
 
 pytestmark = pytest.mark.usefixtures("cli_env")
-
-
-@pytest.fixture
-def client(local_host: str) -> Iterator[VisionpipeClient]:
-    with VisionpipeClient(local_host, TEST_TRAINING_KEY, TEST_PREDICTION_KEY) as c:
-        yield c
 
 
 def items() -> list[datasets.Item]:

@@ -5,41 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
+from tests.cli_runner import invoke
 from tests.model_factory import color_image
 from visionpipe.client import datasets
-from visionpipe.client.cli import app
 from visionpipe.client.client import VisionpipeClient
 
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def cli_env(local_host: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("VISIONPIPE_ENDPOINT", local_host)
-    monkeypatch.setenv("VISIONPIPE_TRAINING_KEY", TEST_TRAINING_KEY)
-    monkeypatch.setenv("VISIONPIPE_PREDICTION_KEY", TEST_PREDICTION_KEY)
-    monkeypatch.setenv("COLUMNS", "200")
-    return local_host
-
-
-@pytest.fixture
-def client(local_host: str) -> Iterator[VisionpipeClient]:
-    with VisionpipeClient(local_host, TEST_TRAINING_KEY, TEST_PREDICTION_KEY) as c:
-        yield c
-
-
-def invoke(*args: str, code: int = 0) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (result.output, result.exception)
-    return result.output
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def contents(client: VisionpipeClient, project_id: str) -> dict[str, list[str]]:

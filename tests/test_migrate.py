@@ -13,24 +13,22 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
+from tests.cli_runner import invoke
+from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
-from visionpipe.client.cli import app
 from visionpipe.client.client import VisionpipeClient
 from visionpipe.local.azurite import free_port
 from visionpipe.stores.label_store import LabelStore
 from visionpipe.stores.registry import Registry
 
-runner = CliRunner()
 TAGS = {"red": "ripe ones", "green": "unripe", "blue": ""}
 PER_TAG = [{"id": "x", "name": n, "precision": 0.9, "recall": 0.8, "averagePrecision": 0.85}
            for n in ("red", "green", "blue")]
@@ -38,25 +36,7 @@ METRICS = {"overall": {"precision": 0.9, "recall": 0.8, "averagePrecision": 0.85
            "perTag": PER_TAG}
 
 
-@pytest.fixture(autouse=True)
-def cli_env(local_host: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("VISIONPIPE_ENDPOINT", local_host)
-    monkeypatch.setenv("VISIONPIPE_TRAINING_KEY", TEST_TRAINING_KEY)
-    monkeypatch.setenv("VISIONPIPE_PREDICTION_KEY", TEST_PREDICTION_KEY)
-    monkeypatch.setenv("COLUMNS", "200")
-    return local_host
-
-
-@pytest.fixture
-def client(local_host: str) -> Iterator[VisionpipeClient]:
-    with VisionpipeClient(local_host, TEST_TRAINING_KEY, TEST_PREDICTION_KEY) as c:
-        yield c
-
-
-def invoke(*args: str, code: int = 0) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, (result.output, result.exception)
-    return result.output
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 @pytest.fixture
