@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,10 +16,9 @@ import pytest
 from functions.training_api import TRAIN_ROUTE, train_project
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
-from visionpipe import names
+from tests.training_worker import own_request_queue
 from visionpipe.api.training import dataset_fingerprint
 from visionpipe.pipeline import publishing
-from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import ImageFacts, LabelStore, Project
 from visionpipe.stores.prediction_store import PredictionStore
@@ -32,18 +30,8 @@ KEY = {"Training-Key": TEST_TRAINING_KEY}
 @pytest.fixture(scope="module")
 def request_queue(storage: Storage) -> Iterator[str]:
     """A queue of this module's own behind ``TRAINING_REQUESTS_QUEUE`` (Azurite is shared)."""
-    name = f"tr-api-{uuid.uuid4().hex[:8]}"
-    storage.queues.create_queue(name)
-    saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
-    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = name
-    reset_settings()  # settings are read once per process, like a restart
-    yield name
-    if saved is None:
-        os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
-    else:
-        os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
-    reset_settings()
-    storage.queues.delete_queue(name)
+    with own_request_queue(storage, "tr-api") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

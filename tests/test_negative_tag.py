@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +35,10 @@ from msrest.authentication import ApiKeyCredentials
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image
 from tests.test_training import make_queues, request_body, run_job
+from tests.training_worker import own_request_queue
 from training_job.dataset import DatasetError, build_snapshot
 from visionpipe import names
 from visionpipe.domains import DETECTION_DOMAINS
-from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import (
     NEGATIVE_TAG,
@@ -57,18 +56,8 @@ NEGATIVE_AND_REGULAR = "BadRequestNegativeAndRegularTagOnSameImage"
 @pytest.fixture(scope="module")
 def request_queue(storage: Storage) -> Iterator[str]:
     """A queue of this module's own behind ``TRAINING_REQUESTS_QUEUE`` (Azurite is shared)."""
-    name = f"tr-neg-{uuid.uuid4().hex[:8]}"
-    storage.queues.create_queue(name)
-    saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
-    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = name
-    reset_settings()
-    yield name
-    if saved is None:
-        os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
-    else:
-        os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
-    reset_settings()
-    storage.queues.delete_queue(name)
+    with own_request_queue(storage, "tr-neg") as name:
+        yield name
 
 
 @pytest.fixture

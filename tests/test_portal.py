@@ -27,7 +27,6 @@ import base64
 import hashlib
 import http.client
 import json
-import os
 import re
 import shutil
 import uuid
@@ -51,12 +50,12 @@ from tests.test_detection_api import (  # the fixed detector and a picture serve
     picture_server,  # noqa: F401 - a fixture
     register_detection_iteration,
 )
+from tests.training_worker import own_request_queue
 from visionpipe import names
 from visionpipe.domains import GENERAL_DETECTION_DOMAIN_ID
 from visionpipe.local.samples import bad_files
 from visionpipe.manifest import METRICS_FILE
 from visionpipe.metrics import metrics_at_threshold, predictions_document
-from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import ImageFacts, LabelStore, Project
 from visionpipe.stores.prediction_store import PredictionStore
@@ -199,18 +198,8 @@ CHROMIUM = shutil.which("chromium")
 def request_queue(storage: Storage) -> Iterator[str]:
     """A training-requests queue of this module's own: a request the portal queues must not
     reach a worker another test module runs against the shared Azurite."""
-    name = f"tr-portal-{uuid.uuid4().hex[:8]}"
-    storage.queues.create_queue(name)
-    saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
-    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = name
-    reset_settings()
-    yield name
-    if saved is None:
-        os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
-    else:
-        os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
-    reset_settings()
-    storage.queues.delete_queue(name)
+    with own_request_queue(storage, "tr-portal") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

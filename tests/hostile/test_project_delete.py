@@ -10,7 +10,6 @@ carries its id or its name.
 from __future__ import annotations
 
 import base64
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,10 +22,10 @@ import pytest
 
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration
+from tests.training_worker import own_request_queue
 from visionpipe import names
 from visionpipe.pipeline.publishing import publish, unpublish
 from visionpipe.rejections import Reason, Rejection
-from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import ImageFacts, LabelStore, Project, name_key
 from visionpipe.stores.prediction_store import (
@@ -50,18 +49,8 @@ ROUNDS = 5
 @pytest.fixture(scope="module")
 def request_queue(storage: Storage) -> Iterator[str]:
     """A queue of this module's own behind ``TRAINING_REQUESTS_QUEUE`` (Azurite is shared)."""
-    name = f"tr-del-{uuid.uuid4().hex[:8]}"
-    storage.queues.create_queue(name)
-    saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
-    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = name
-    reset_settings()
-    yield name
-    if saved is None:
-        os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
-    else:
-        os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
-    reset_settings()
-    storage.queues.delete_queue(name)
+    with own_request_queue(storage, "tr-del") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

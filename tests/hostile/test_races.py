@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,8 +22,8 @@ import pytest
 
 from tests.conftest import TEST_TRAINING_KEY
 from tests.model_factory import color_image
+from tests.training_worker import own_request_queue
 from visionpipe import names
-from visionpipe.settings import reset_settings
 from visionpipe.storage import Storage
 from visionpipe.stores.label_store import ImageFacts, LabelStore, NameTaken, Project, image_id
 from visionpipe.stores.registry import IterationStatus, Registry, TrainingInProgress
@@ -59,18 +58,8 @@ def code_of(response: httpx.Response) -> str:
 @pytest.fixture(scope="module")
 def request_queue(storage: Storage) -> Iterator[str]:
     """A queue of this module's own behind ``TRAINING_REQUESTS_QUEUE`` (Azurite is shared)."""
-    name = f"tr-race-{uuid.uuid4().hex[:8]}"
-    storage.queues.create_queue(name)
-    saved = os.environ.get(names.SETTING_TRAINING_REQUESTS_QUEUE)
-    os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = name
-    reset_settings()
-    yield name
-    if saved is None:
-        os.environ.pop(names.SETTING_TRAINING_REQUESTS_QUEUE, None)
-    else:
-        os.environ[names.SETTING_TRAINING_REQUESTS_QUEUE] = saved
-    reset_settings()
-    storage.queues.delete_queue(name)
+    with own_request_queue(storage, "tr-race") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
