@@ -8,6 +8,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from azure.cognitiveservices.vision.customvision.prediction import CustomVisionPredictionClient
+from azure.cognitiveservices.vision.customvision.training import CustomVisionTrainingClient
+from msrest.authentication import ApiKeyCredentials
 
 from visionpipe import names
 from visionpipe.client.client import VisionpipeClient
@@ -159,3 +162,18 @@ def client(local_host: str) -> Iterator[VisionpipeClient]:
     """The CLI's HTTP client on the local host, for setting up and reading back."""
     with VisionpipeClient(local_host, TEST_TRAINING_KEY, TEST_PREDICTION_KEY) as c:
         yield c
+
+
+# --- the official Custom Vision SDK on the local host ---
+@pytest.fixture
+def trainer(local_host: str) -> CustomVisionTrainingClient:
+    """The SDK's training client with the test key (a module may override it)."""
+    return CustomVisionTrainingClient(
+        local_host, ApiKeyCredentials(in_headers={"Training-key": TEST_TRAINING_KEY}))
+
+
+@pytest.fixture
+def predictor(local_host: str) -> CustomVisionPredictionClient:
+    """The SDK's prediction client with the test key."""
+    return CustomVisionPredictionClient(
+        local_host, ApiKeyCredentials(in_headers={"Prediction-key": TEST_PREDICTION_KEY}))

@@ -43,7 +43,6 @@ from azure.cognitiveservices.vision.customvision.training.models import (
     PredictionQueryToken,
     Region,
 )
-from msrest.authentication import ApiKeyCredentials
 from onnx import TensorProto, helper
 
 from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
@@ -140,18 +139,6 @@ def published_detector(registry: Registry, label_store: LabelStore,
                                              build_fixed_detector())
     publish(registry, label_store, detection_project.id, iteration.id, "prod")
     return iteration
-
-
-@pytest.fixture
-def trainer(local_host: str) -> CustomVisionTrainingClient:
-    return CustomVisionTrainingClient(
-        local_host, ApiKeyCredentials(in_headers={"Training-key": TEST_TRAINING_KEY}))
-
-
-@pytest.fixture
-def predictor(local_host: str) -> CustomVisionPredictionClient:
-    return CustomVisionPredictionClient(
-        local_host, ApiKeyCredentials(in_headers={"Prediction-key": TEST_PREDICTION_KEY}))
 
 
 @dataclass

@@ -48,12 +48,6 @@ OTHER_TRAINING_KEY = "other-deployment-training-key"
 SHARED_COPY_KEY = "a-copy-key-both-deployments-share"
 
 
-@pytest.fixture
-def trainer(local_host: str) -> CustomVisionTrainingClient:
-    return CustomVisionTrainingClient(
-        local_host, ApiKeyCredentials(in_headers={"Training-key": TEST_TRAINING_KEY}))
-
-
 def _name() -> str:
     return f"copy-{uuid.uuid4().hex[:10]}"
 

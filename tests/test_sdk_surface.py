@@ -65,16 +65,6 @@ def predictor_for(endpoint: str) -> CustomVisionPredictionClient:
         endpoint, ApiKeyCredentials(in_headers={"Prediction-key": TEST_PREDICTION_KEY}))
 
 
-@pytest.fixture
-def trainer(local_host: str) -> CustomVisionTrainingClient:
-    return trainer_for(local_host)
-
-
-@pytest.fixture
-def predictor(local_host: str) -> CustomVisionPredictionClient:
-    return predictor_for(local_host)
-
-
 # --- routing: the local host orders routes as the Functions host does ---------------------------
 def _answering(name: str) -> Callable[[func.HttpRequest], func.HttpResponse]:
     def handler(req: func.HttpRequest) -> func.HttpResponse:

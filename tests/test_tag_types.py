@@ -21,9 +21,7 @@ import pytest
 from azure.cognitiveservices.vision.customvision.prediction import CustomVisionPredictionClient
 from azure.cognitiveservices.vision.customvision.training import CustomVisionTrainingClient
 from azure.cognitiveservices.vision.customvision.training.models import PredictionQueryToken
-from msrest.authentication import ApiKeyCredentials
 
-from tests.conftest import TEST_PREDICTION_KEY, TEST_TRAINING_KEY
 from tests.model_factory import color_image, register_color_iteration, rewrite_manifest_tag_types
 from tests.test_detection_api import build_fixed_detector, register_detection_iteration
 from visionpipe.domains import GENERAL_DETECTION_DOMAIN_ID
@@ -36,18 +34,6 @@ from visionpipe.stores.prediction_store import PredictionStore, StoredPrediction
 from visionpipe.stores.registry import Iteration, Registry
 
 REGULAR, NEGATIVE = "Regular", "Negative"
-
-
-@pytest.fixture
-def trainer(local_host: str) -> CustomVisionTrainingClient:
-    return CustomVisionTrainingClient(
-        local_host, ApiKeyCredentials(in_headers={"Training-key": TEST_TRAINING_KEY}))
-
-
-@pytest.fixture
-def predictor(local_host: str) -> CustomVisionPredictionClient:
-    return CustomVisionPredictionClient(
-        local_host, ApiKeyCredentials(in_headers={"Prediction-key": TEST_PREDICTION_KEY}))
 
 
 @pytest.fixture
